@@ -1,0 +1,41 @@
+"""jaxattr: feature attribution for sequence-generation models, natively in JAX.
+
+Functional core (any JAX function ``x -> scores[..., T]``)::
+
+    attr = jaxattr.saliency(score_fn, x)                 # [T, *x.shape]
+    attr = jaxattr.input_x_gradient(score_fn, x)
+    attr = jaxattr.integrated_gradients(score_fn, x, baseline, n_steps=50)
+
+Models::
+
+    model = jaxattr.load_model("gpt2")
+    out = model.attribute("The capital of France is", "The capital of France is Paris")
+"""
+__version__ = "0.1.0"
+
+from . import _compat, aggregate, methods, targets
+from .adapters import ModelAdapter, make_adapter
+from .encoding import InputError
+from .loading import UnsupportedModelError, supported_architectures
+from .methods import input_x_gradient, integrated_gradients, per_output_grads, saliency
+from .model import AttributionModel, load_model
+from .pipeline import ModelBatch, attribute_batch
+from .results import AttributionOutput, BatchAttribution, SequenceAttribution
+from .targets import TargetBatch, get_target, register_target
+
+__all__ = [
+    "__version__",
+    # functional core
+    "saliency", "input_x_gradient", "integrated_gradients", "per_output_grads",
+    # models
+    "load_model", "AttributionModel", "ModelAdapter", "make_adapter", "supported_architectures",
+    "ModelBatch", "attribute_batch",
+    # targets
+    "TargetBatch", "get_target", "register_target",
+    # results
+    "AttributionOutput", "BatchAttribution", "SequenceAttribution",
+    # errors
+    "InputError", "UnsupportedModelError",
+    # submodules
+    "methods", "targets", "aggregate",
+]

@@ -1,0 +1,62 @@
+"""Compatibility fixes for transformers 4.x Flax code running on current JAX.
+
+transformers' Flax models are frozen (removed in v5) while JAX keeps moving. Every fix lives
+here, is applied idempotently by :func:`apply`, and is covered by ``tests/test_compat.py``.
+
+Fixes:
+- ``jnp.clip(x, a_min=..., a_max=...)``: JAX removed the ``a_min``/``a_max`` keywords (now
+  ``min``/``max``). Flax T5/mT5/LongT5 call the old form in their relative position buckets.
+  Those modules get a ``jnp`` namespace whose ``clip`` accepts both spellings.
+"""
+from __future__ import annotations
+
+import importlib
+import inspect
+import types
+
+import jax.numpy as jnp
+
+__all__ = ["apply", "jnp_with_legacy_clip", "PATCHED_MODULES"]
+
+PATCHED_MODULES = (
+    "transformers.models.t5.modeling_flax_t5",
+    "transformers.models.longt5.modeling_flax_longt5",
+)
+
+
+def _clip(a, a_min=None, a_max=None, *, min=None, max=None, **kwargs):  # noqa: A002
+    lo = a_min if min is None else min
+    hi = a_max if max is None else max
+    return jnp.clip(a, lo, hi, **kwargs)
+
+
+def jnp_with_legacy_clip() -> types.ModuleType:
+    """A module proxy of ``jax.numpy`` whose ``clip`` also takes ``a_min``/``a_max``."""
+    proxy = types.ModuleType("jax.numpy")
+    proxy.__dict__.update({k: getattr(jnp, k) for k in dir(jnp) if not k.startswith("__")})
+    proxy.clip = _clip
+    proxy._jaxattr_compat = True
+    return proxy
+
+
+def _clip_needs_fix() -> bool:
+    return "a_max" not in inspect.signature(jnp.clip).parameters
+
+
+_APPLIED = False
+
+
+def apply() -> None:
+    """Apply every fix once; safe to call repeatedly."""
+    global _APPLIED
+    if _APPLIED:
+        return
+    if _clip_needs_fix():
+        for name in PATCHED_MODULES:
+            try:
+                mod = importlib.import_module(name)
+            except ImportError:
+                continue
+            if not getattr(mod.jnp, "_jaxattr_compat", False):
+                mod.jnp = jnp_with_legacy_clip()
+    _APPLIED = True

@@ -1,0 +1,6 @@
+"""Adapters: Hugging Face Flax models as pure functions of token embeddings."""
+from .adapter import ModelAdapter, UnknownEmbeddingPathError, make_adapter, seen_embedding_paths
+from .embeddings import EMBEDDING_PATHS, embedding_paths_for
+
+__all__ = ["ModelAdapter", "UnknownEmbeddingPathError", "make_adapter", "seen_embedding_paths",
+           "EMBEDDING_PATHS", "embedding_paths_for"]

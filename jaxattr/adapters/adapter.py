@@ -1,0 +1,183 @@
+"""A Hugging Face Flax model as pure functions of token embeddings.
+
+:class:`ModelAdapter` is a ``flax.struct.PyTreeNode``: the parameters are its leaves, the
+Hugging Face model object and the configuration are static fields. New parameters therefore
+never retrace a jitted function that takes the adapter as an argument.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from .embeddings import embedding_paths_for
+
+__all__ = ["ModelAdapter", "UnknownEmbeddingPathError", "make_adapter", "seen_embedding_paths"]
+
+
+class UnknownEmbeddingPathError(ValueError):
+    """The model class has no entry in the embedding-path table."""
+
+
+def _get_path(tree, path):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+class ModelAdapter(struct.PyTreeNode):
+    """Pure functions over a Hugging Face Flax model.
+
+    Attributes:
+      params: the model parameters (pytree leaves).
+      hf_model: the ``transformers`` Flax model object (static; only its ``__call__`` is used).
+      encoder_path, decoder_path: module paths of the token-embedding lookups (static).
+      is_encoder_decoder: static flag.
+    """
+    params: Any
+    hf_model: Any = struct.field(pytree_node=False)
+    decoder_path: tuple = struct.field(pytree_node=False)
+    encoder_path: Optional[tuple] = struct.field(pytree_node=False, default=None)
+    is_encoder_decoder: bool = struct.field(pytree_node=False, default=False)
+
+    # ------------------------------------------------------------------ embeddings
+    def embedding_matrix(self, side: str = "decoder") -> jax.Array:
+        """``[V, H]`` token-embedding table of ``side`` (``"encoder"`` or ``"decoder"``)."""
+        path = self.encoder_path if side == "encoder" else self.decoder_path
+        return _get_path(self.params, path)["embedding"]
+
+    def embed(self, ids: jax.Array, *, side: str = "decoder") -> jax.Array:
+        """Token-embedding lookup output ``[B, L, H]`` for ``ids[B, L]`` (what the model's
+        ``nn.Embed`` returns: before position embeddings and scaling)."""
+        table = self.embedding_matrix(side)
+        dtype = getattr(self.hf_model, "dtype", table.dtype)
+        return jnp.take(table, ids.astype(jnp.int32), axis=0).astype(dtype)
+
+    # ------------------------------------------------------------------ forward
+    def logits(
+        self,
+        *,
+        target_ids: jax.Array,
+        target_mask: jax.Array,
+        target_embeds: Optional[jax.Array] = None,
+        source_ids: Optional[jax.Array] = None,
+        source_mask: Optional[jax.Array] = None,
+        source_embeds: Optional[jax.Array] = None,
+        dropout_rng: Optional[jax.Array] = None,
+    ) -> jax.Array:
+        """Teacher-forced logits ``[B, L, V]``; ``logits[:, i]`` predicts target token ``i+1``.
+
+        Decoder-only: ``target_*`` is the whole sequence (prompt + continuation). Encoder-
+        decoder: ``source_*`` feeds the encoder, ``target_*`` (starting with the decoder start
+        token) the decoder. Given ``*_embeds`` replace the embedding lookup of that side
+        (intercepted inside the traced function), which is what attribution differentiates.
+        ``dropout_rng`` turns dropout on (train mode), e.g. for MC-dropout targets.
+        """
+        replacements = {"encoder": source_embeds, "decoder": target_embeds}
+        roles: dict[tuple, list] = {}
+        if self.is_encoder_decoder:
+            roles.setdefault(tuple(self.encoder_path), []).append("encoder")
+        roles.setdefault(tuple(self.decoder_path), []).append("decoder")
+        calls: dict[tuple, int] = {}
+
+        def interceptor(next_fun, args, kwargs, context):
+            if context.method_name != "__call__":
+                return next_fun(*args, **kwargs)
+            path = tuple(context.module.path)
+            if path not in roles:
+                return next_fun(*args, **kwargs)
+            n = calls.get(path, 0)
+            calls[path] = n + 1
+            role = roles[path][min(n, len(roles[path]) - 1)]
+            emb = replacements[role]
+            if emb is None:
+                return next_fun(*args, **kwargs)
+            ids = args[0] if args else next(iter(kwargs.values()))
+            if tuple(ids.shape) != tuple(emb.shape[:-1]):
+                raise ValueError(
+                    f"{role} embeddings of shape {emb.shape} do not match the ids {ids.shape} "
+                    f"seen at module {'/'.join(path)}.")
+            return emb
+
+        kwargs = dict(params=self.params)
+        if dropout_rng is not None:
+            kwargs.update(dropout_rng=dropout_rng, train=True)
+        with nn.intercept_methods(interceptor):
+            if self.is_encoder_decoder:
+                out = self.hf_model(
+                    input_ids=source_ids, attention_mask=source_mask,
+                    decoder_input_ids=target_ids, decoder_attention_mask=target_mask, **kwargs)
+            else:
+                out = self.hf_model(input_ids=target_ids, attention_mask=target_mask, **kwargs)
+        for path, role_list in roles.items():
+            if calls.get(path, 0) < len(role_list):
+                raise RuntimeError(
+                    f"The embedding module {'/'.join(path)} was called {calls.get(path, 0)} "
+                    f"time(s) but {len(role_list)} call(s) were expected; this model class does "
+                    "not use the path of jaxattr's table. Pass `embedding_paths=` to load_model.")
+        return out.logits
+
+
+def seen_embedding_paths(hf_model, *, is_encoder_decoder: bool) -> list:
+    """Run a tiny forward and list the module paths of every ``nn.Embed`` called with token
+    ids, in call order (used to say what to pass when a class is unknown)."""
+    seen: list = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        if context.method_name == "__call__" and isinstance(context.module, nn.Embed):
+            path = "/".join(context.module.path)
+            if path not in seen:
+                seen.append(path)
+        return next_fun(*args, **kwargs)
+
+    ids = jnp.zeros((1, 2), jnp.int32)
+    with nn.intercept_methods(interceptor):
+        if is_encoder_decoder:
+            hf_model(input_ids=ids, decoder_input_ids=ids)
+        else:
+            hf_model(input_ids=ids)
+    return seen
+
+
+def _parse_path(p):
+    return tuple(p.split("/")) if isinstance(p, str) else tuple(p)
+
+
+def make_adapter(hf_model, *, embedding_paths: Optional[dict] = None, params=None) -> ModelAdapter:
+    """Build the adapter of a Hugging Face Flax model.
+
+    Args:
+      hf_model: a ``transformers`` Flax model instance.
+      embedding_paths: override the table: ``{"decoder": "transformer/wte"}`` (plus
+        ``"encoder"`` for encoder-decoder models); a module path as ``/``-string or tuple.
+      params: parameters to use instead of ``hf_model.params``.
+    """
+    is_ed = bool(getattr(hf_model.config, "is_encoder_decoder", False))
+    name = type(hf_model).__name__
+    table = embedding_paths or embedding_paths_for(name)
+    if table is None:
+        seen = seen_embedding_paths(hf_model, is_encoder_decoder=is_ed)
+        example = ('{"encoder": "...", "decoder": "..."}' if is_ed else '{"decoder": "..."}')
+        raise UnknownEmbeddingPathError(
+            f"jaxattr does not know where {name} looks up token embeddings. nn.Embed modules "
+            f"called in a forward pass: {seen}. Pass the token-embedding path(s) as "
+            f"load_model(..., embedding_paths={example}), e.g. embedding_paths="
+            f"{{'decoder': '{seen[0] if seen else 'module/path'}'}}.")
+    table = {k: _parse_path(v) for k, v in table.items()}
+    if "decoder" not in table or (is_ed and "encoder" not in table):
+        raise ValueError(f"embedding_paths needs a 'decoder' entry{' and an encoder entry' if is_ed else ''}; "
+                         f"got {sorted(table)}.")
+    p = hf_model.params if params is None else params
+    for side, path in table.items():
+        try:
+            _get_path(p, path)["embedding"]
+        except (KeyError, TypeError):
+            raise UnknownEmbeddingPathError(
+                f"No embedding table at params path {'/'.join(path)} ({side}) of {name}. "
+                f"Check `embedding_paths`; module paths with an nn.Embed: "
+                f"{seen_embedding_paths(hf_model, is_encoder_decoder=is_ed)}.") from None
+    return ModelAdapter(params=p, hf_model=hf_model, decoder_path=table["decoder"],
+                        encoder_path=table.get("encoder"), is_encoder_decoder=is_ed)

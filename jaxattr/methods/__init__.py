@@ -1,0 +1,29 @@
+"""Attribution methods: pure functions over score functions ``x -> scores[..., T]``.
+
+Nothing here imports transformers or flax: every method works on any JAX function.
+"""
+from ._vjp import per_output_grads
+from .gradient import input_x_gradient, saliency
+from .integrated_gradients import integrated_gradients
+from .quadrature import QUADRATURE_RULES, quadrature
+
+__all__ = ["per_output_grads", "saliency", "input_x_gradient", "integrated_gradients",
+           "quadrature", "QUADRATURE_RULES", "METHODS", "get_method"]
+
+METHODS = {
+    "saliency": saliency,
+    "input_x_gradient": input_x_gradient,
+    "integrated_gradients": integrated_gradients,
+}
+
+
+def get_method(method):
+    """Resolve a method name (or pass a callable through)."""
+    if callable(method):
+        return method
+    try:
+        return METHODS[method]
+    except KeyError:
+        raise ValueError(
+            f"Unknown attribution method {method!r}. Available: {sorted(METHODS)}; "
+            "or pass a function `method(score_fn, x, *, has_aux, ...)`.") from None

@@ -1,0 +1,37 @@
+"""Quadrature rules on [0, 1] for path integrals (integrated gradients)."""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["QUADRATURE_RULES", "quadrature"]
+
+QUADRATURE_RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle",
+                    "riemann_trapezoid")
+
+
+def quadrature(n_steps: int, method: str = "gausslegendre") -> tuple[np.ndarray, np.ndarray]:
+    """Nodes ``alphas[n_steps]`` in [0, 1] and weights ``[n_steps]`` summing to 1.
+
+    ``sum(w * f(alphas)) ≈ ∫_0^1 f(a) da``. Gauss–Legendre with ``n`` nodes is exact for
+    polynomials of degree ``2n - 1``; the trapezoid rule for degree 1; the midpoint rule for
+    degree 1; left/right Riemann sums for constants.
+    """
+    n = int(n_steps)
+    if n < 1:
+        raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
+    if method == "gausslegendre":
+        nodes, weights = np.polynomial.legendre.leggauss(n)
+        return (nodes + 1.0) / 2.0, weights / 2.0
+    if method == "riemann_left":
+        return np.arange(n) / n, np.full(n, 1.0 / n)
+    if method == "riemann_right":
+        return np.arange(1, n + 1) / n, np.full(n, 1.0 / n)
+    if method == "riemann_middle":
+        return (np.arange(n) + 0.5) / n, np.full(n, 1.0 / n)
+    if method == "riemann_trapezoid":
+        if n < 2:
+            raise ValueError("riemann_trapezoid needs n_steps >= 2.")
+        w = np.full(n, 1.0 / (n - 1))
+        w[0] = w[-1] = 0.5 / (n - 1)
+        return np.linspace(0.0, 1.0, n), w
+    raise ValueError(f"Unknown quadrature method {method!r}; choose one of {QUADRATURE_RULES}.")

@@ -1,0 +1,370 @@
+"""``AttributionModel``: texts in, attributions out (host side), over the jitted pipeline."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Union
+
+import jax
+import numpy as np
+
+from . import _compat
+from .adapters import make_adapter
+from .encoding import (EncodedSequence, InputError, _as_list, _check_length, _check_nonempty,
+                       _resolve_span, encode_decoder_only, encode_encoder_decoder, pad_batch)
+from .methods import get_method
+from .pipeline import ModelBatch, attribute_batch, split_kwargs
+from .results import AttributionOutput, SequenceAttribution
+from .targets import get_target
+
+__all__ = ["AttributionModel", "load_model"]
+
+BASELINES = ("unk", "pad", "zeros")
+
+
+def _hashable(value):
+    if isinstance(value, list):
+        return tuple(_hashable(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _hashable(v)) for k, v in value.items()))
+    return value
+
+
+def _fn_name(fn):
+    return fn if isinstance(fn, str) else getattr(fn, "__name__", repr(fn))
+
+
+class AttributionModel:
+    """A Hugging Face Flax model with its tokenizer, ready to attribute.
+
+    Attributes:
+      hf_model, tokenizer, config: the underlying objects.
+      adapter: :class:`~jaxattr.adapters.ModelAdapter` (pure functions over the params).
+      name: the checkpoint name or path.
+    """
+
+    def __init__(self, hf_model, tokenizer, *, name: Optional[str] = None,
+                 embedding_paths: Optional[dict] = None):
+        _compat.apply()
+        self.hf_model = hf_model
+        self.tokenizer = tokenizer
+        self.config = hf_model.config
+        self.name = name or getattr(self.config, "_name_or_path", None) or type(hf_model).__name__
+        self.adapter = make_adapter(hf_model, embedding_paths=embedding_paths)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def is_encoder_decoder(self) -> bool:
+        return self.adapter.is_encoder_decoder
+
+    @property
+    def params(self):
+        return self.adapter.params
+
+    @property
+    def max_positions(self) -> Optional[int]:
+        """Longest sequence the model's position embeddings allow (``None``: no limit)."""
+        for key in ("n_positions", "max_position_embeddings"):
+            value = getattr(self.config, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    @property
+    def pad_token_id(self) -> int:
+        for v in (self.tokenizer.pad_token_id, getattr(self.config, "pad_token_id", None),
+                  self.tokenizer.eos_token_id):
+            if v is not None:
+                return int(v)
+        return 0
+
+    @property
+    def decoder_start_token_id(self) -> int:
+        v = getattr(self.config, "decoder_start_token_id", None)
+        return self.pad_token_id if v is None else int(v)
+
+    def with_params(self, params) -> "AttributionModel":
+        """A copy that uses ``params`` (same compiled programs: params are pytree leaves)."""
+        new = object.__new__(AttributionModel)
+        new.__dict__.update(self.__dict__)
+        new.adapter = self.adapter.replace(params=params)
+        return new
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, input_texts, generated_texts, *, attr_pos_start=None,
+               attr_pos_end=None) -> list[EncodedSequence]:
+        """Tokenise inputs and forced outputs into :class:`EncodedSequence` (validated)."""
+        if self.is_encoder_decoder:
+            return encode_encoder_decoder(
+                self.tokenizer, input_texts, generated_texts,
+                decoder_start_token_id=self.decoder_start_token_id,
+                max_positions=self.max_positions, attr_pos_start=attr_pos_start,
+                attr_pos_end=attr_pos_end)
+        return encode_decoder_only(self.tokenizer, input_texts, generated_texts,
+                                   max_positions=self.max_positions,
+                                   attr_pos_start=attr_pos_start, attr_pos_end=attr_pos_end)
+
+    # ------------------------------------------------------------------ generation
+    def generate(self, input_texts, *, batch_size: Optional[int] = None,
+                 **generation_args) -> list[str]:
+        """Generate continuations (greedy by default), batched. Returns output texts:
+        decoder-only, the full text (prompt + continuation); encoder-decoder, the output."""
+        gens = self._generate_ids(_as_list(input_texts, "input_texts"), batch_size=batch_size,
+                                  **generation_args)
+        tok = self.tokenizer
+        return [tok.decode(out_ids, skip_special_tokens=True) for _, out_ids in gens]
+
+    def _generate_ids(self, texts, *, batch_size=None, **generation_args):
+        """``[(input_ids, output_ids)]`` per input, without padding. Decoder-only outputs are
+        prompt + continuation; encoder-decoder outputs start with the decoder start token and
+        end with EOS when it was generated."""
+        tok = self.tokenizer
+        for i, t in enumerate(texts):
+            _check_nonempty(t, "input_texts", i)
+        gen = dict(max_new_tokens=20, do_sample=False)
+        gen.update(generation_args)
+        bs = batch_size or len(texts)
+        pad = self.pad_token_id
+        out = []
+        for start in range(0, len(texts), bs):
+            chunk = texts[start:start + bs]
+            if self.is_encoder_decoder:
+                enc = [list(tok(t)["input_ids"]) for t in chunk]
+                ids, mask = _pad_rows(enc, pad, left=False)
+            else:
+                from .encoding import _strip_trailing_eos
+                enc = [_strip_trailing_eos(list(tok(t)["input_ids"]), tok) for t in chunk]
+                ids, mask = _pad_rows(enc, pad, left=True)
+            for r, e in enumerate(enc):
+                _check_length(len(e), self.max_positions, "input", start + r)
+            res = self.hf_model.generate(ids, attention_mask=mask, params=self.params,
+                                         pad_token_id=pad, **gen)
+            seqs = np.asarray(res.sequences)
+            eos = tok.eos_token_id if tok.eos_token_id is not None else self.config.eos_token_id
+            for r, e in enumerate(enc):
+                row = seqs[r, ids.shape[1]:] if not self.is_encoder_decoder else seqs[r, 1:]
+                cont = []
+                for token in row.tolist():
+                    if eos is not None and token == eos:
+                        if self.is_encoder_decoder:
+                            cont.append(token)
+                        break
+                    cont.append(token)
+                if self.is_encoder_decoder:
+                    out.append((e, [self.decoder_start_token_id] + cont))
+                else:
+                    out.append((e, e + cont))
+        return out
+
+    def _encode_generated(self, texts, *, batch_size, generation_args, attr_pos_start,
+                          attr_pos_end):
+        seqs = []
+        for i, (prompt, ids) in enumerate(self._generate_ids(
+                texts, batch_size=batch_size, **(generation_args or {}))):
+            if self.is_encoder_decoder:
+                n_prefix, target, source = 1, ids, prompt
+            else:
+                n_prefix, target, source = len(prompt), ids, None
+            if len(target) <= n_prefix:
+                raise InputError(f"generation produced no token for input {i}; raise "
+                                 "max_new_tokens in generation_args or pass generated_texts.")
+            s, e = _resolve_span(len(target), n_prefix, attr_pos_start, attr_pos_end, i)
+            seqs.append(EncodedSequence(target_ids=target, attr_start=s, attr_end=e,
+                                        source_ids=source))
+        return seqs
+
+    # ------------------------------------------------------------------ attribution
+    def attribute(
+        self,
+        input_texts: Union[str, Sequence[str]],
+        generated_texts: Union[str, Sequence[str], None] = None,
+        *,
+        method: Union[str, Callable] = "saliency",
+        attributed_fn: Union[str, Callable] = "probability",
+        step_scores: Sequence[str] = (),
+        attribute_target: bool = False,
+        attr_pos_start: Optional[int] = None,
+        attr_pos_end: Optional[int] = None,
+        batch_size: Optional[int] = None,
+        generation_args: Optional[dict] = None,
+        show_progress: bool = True,
+        baseline: Any = "unk",
+        jit: bool = True,
+        **kwargs,
+    ) -> AttributionOutput:
+        """Attribute generated tokens to the input tokens.
+
+        Args:
+          input_texts: a text or list of texts (decoder-only: the prompts).
+          generated_texts: forced outputs, one per input (decoder-only: the full text, which
+            must start with the prompt). ``None`` generates them (greedy; ``generation_args``
+            such as ``max_new_tokens`` are passed to ``generate``).
+          method: ``"saliency"``, ``"input_x_gradient"``, ``"integrated_gradients"`` or a
+            function ``method(score_fn, x, *, has_aux, ...)``.
+          attributed_fn: ``"probability"`` (default), ``"logprob"``, ``"logit"`` or a target
+            function ``(logits[B,T,V], batch, **kw) -> [B, T]``.
+          step_scores: names (or functions) of targets recorded per generated token.
+          attribute_target: encoder-decoder only: also attribute the target prefix
+            (decoder-only models always attribute the whole sequence).
+          attr_pos_start, attr_pos_end: slice of target positions to attribute (defaults:
+            the first generated token to the end).
+          batch_size: sequences per jitted call (``None``: all at once). Batches are formed
+            from length-sorted inputs and padded to length buckets; results keep input order.
+          show_progress: progress bar over batches when there is more than one.
+          baseline: integrated-gradients baseline: ``"unk"`` (UNK embedding — PAD when the
+            tokenizer has no UNK — at every non-special position), ``"pad"``, ``"zeros"``, or
+            an array broadcastable to the embeddings ``[..., H]``.
+          jit: use the compiled pipeline (``False`` runs eagerly, for debugging).
+          **kwargs: method options (``n_steps``, ``internal_batch_size``, ``abs``,
+            ``quadrature`` for the IG rule …) and attributed-function options; an unknown
+            keyword raises.
+
+        Returns:
+          :class:`~jaxattr.results.AttributionOutput` with one
+          :class:`~jaxattr.results.SequenceAttribution` per input.
+        """
+        texts = _as_list(input_texts, "input_texts")
+        method_fn = get_method(method)
+        target_fn = get_target(attributed_fn)
+        if "quadrature" in kwargs:
+            kwargs["method"] = kwargs.pop("quadrature")
+        routed = split_kwargs(kwargs, {"method": method_fn, "attributed_fn": target_fn})
+        step_fns = tuple((_fn_name(s), get_target(s), ()) for s in step_scores)
+        if generated_texts is None:
+            seqs = self._encode_generated(texts, batch_size=batch_size,
+                                          generation_args=generation_args,
+                                          attr_pos_start=attr_pos_start,
+                                          attr_pos_end=attr_pos_end)
+        else:
+            seqs = self.encode(texts, generated_texts, attr_pos_start=attr_pos_start,
+                               attr_pos_end=attr_pos_end)
+        attribute_source = self.is_encoder_decoder
+        attribute_target = attribute_target or not self.is_encoder_decoder
+
+        uses_baseline = "baseline" in __import__("inspect").signature(method_fn).parameters
+        baseline_ids_kind, baseline_arrays = None, None
+        if uses_baseline:
+            if isinstance(baseline, str):
+                if baseline not in BASELINES:
+                    raise ValueError(f"Unknown baseline {baseline!r}; use one of {BASELINES} "
+                                     "or an array broadcastable to the embeddings.")
+                baseline_ids_kind = None if baseline == "zeros" else baseline
+            elif baseline is not None:
+                baseline_arrays = jax.numpy.asarray(baseline)
+
+        order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i].target_ids),
+                                                         len(seqs[i].source_ids or ())))
+        bs = batch_size or len(seqs)
+        chunks = [order[i:i + bs] for i in range(0, len(order), bs)]
+        views: list = [None] * len(seqs)
+        batches = []
+        it = chunks
+        if show_progress and len(chunks) > 1:
+            from tqdm.auto import tqdm
+            it = tqdm(chunks, desc="Attributing", unit="batch")
+        for chunk in it:
+            arrays = pad_batch([seqs[i] for i in chunk], pad_id=self.pad_token_id,
+                               batch_size=bs if len(chunks) > 1 else None,
+                               max_positions=self.max_positions)
+            if baseline_ids_kind is not None:
+                arrays.update(self._baseline_ids(arrays, baseline_ids_kind))
+            batch = ModelBatch(**{k: jax.numpy.asarray(v) for k, v in arrays.items()})
+            result = attribute_batch(
+                self.adapter, batch, baseline_arrays, method=method_fn,
+                method_kwargs=_hashable(routed["method"]), target_fn=target_fn,
+                target_kwargs=_hashable(routed["attributed_fn"]), step_fns=step_fns,
+                attribute_source=attribute_source, attribute_target=attribute_target, jit=jit)
+            batches.append(result)
+            host = jax.device_get(result)
+            for row, i in enumerate(chunk):
+                views[i] = self._sequence_view(host, row, seqs[i])
+        info = {
+            "model": self.name,
+            "model_class": type(self.hf_model).__name__,
+            "method": _fn_name(method),
+            "attributed_fn": _fn_name(attributed_fn),
+            "step_scores": [name for name, _, _ in step_fns],
+            "method_kwargs": {k: v for k, v in routed["method"].items()},
+            "attributed_fn_kwargs": dict(routed["attributed_fn"]),
+            "attribute_target": bool(attribute_target),
+            "baseline": baseline if isinstance(baseline, str) or baseline is None else "array",
+            "batch_size": batch_size,
+            "generation_args": dict(generation_args or {}),
+            "batch_rows": [list(c) for c in chunks],
+            "jaxattr_version": __import__("jaxattr").__version__,
+        }
+        return AttributionOutput(views, info, batches)
+
+    def _baseline_ids(self, arrays: dict, kind: str) -> dict:
+        tok = self.tokenizer
+        base = tok.unk_token_id if kind == "unk" else None
+        if base is None:
+            base = self.pad_token_id
+        special = np.array(sorted(set(tok.all_special_ids)), np.int32)
+        out = {}
+        for side in ("target", "source"):
+            ids = arrays.get(f"{side}_ids")
+            if ids is not None:
+                keep = np.isin(ids, special) | (arrays[f"{side}_mask"] == 0)
+                out[f"baseline_{side}_ids"] = np.where(keep, ids, base).astype(np.int32)
+        return out
+
+    def _sequence_view(self, host, row: int, seq: EncodedSequence) -> SequenceAttribution:
+        tok = self.tokenizer
+        n_tgt, n = len(seq.target_ids), seq.n_steps
+        tgt_attr = src_attr = None
+        if host.target_attributions is not None:
+            tgt_attr = np.array(host.target_attributions[row, :n_tgt, :n], dtype=np.float32)
+            valid = np.arange(n_tgt)[:, None] < np.asarray(host.step_positions[row, :n])[None]
+            tgt_attr[~valid] = np.nan
+        if host.source_attributions is not None:
+            src_attr = np.array(host.source_attributions[row, :len(seq.source_ids), :n],
+                                dtype=np.float32)
+        return SequenceAttribution(
+            source=(tok.convert_ids_to_tokens(seq.source_ids)
+                    if seq.source_ids is not None else None),
+            target=tok.convert_ids_to_tokens(seq.target_ids),
+            source_attributions=src_attr, target_attributions=tgt_attr,
+            step_scores={k: np.asarray(v[row, :n], np.float32)
+                         for k, v in host.step_scores.items()},
+            attr_pos_start=seq.attr_start, attr_pos_end=seq.attr_end,
+            source_ids=list(seq.source_ids) if seq.source_ids is not None else None,
+            target_ids=list(seq.target_ids))
+
+
+def _pad_rows(rows, pad_id, *, left):
+    n = max(len(r) for r in rows)
+    ids = np.full((len(rows), n), pad_id, np.int32)
+    mask = np.zeros((len(rows), n), np.int32)
+    for i, r in enumerate(rows):
+        if left:
+            ids[i, n - len(r):], mask[i, n - len(r):] = r, 1
+        else:
+            ids[i, :len(r)], mask[i, :len(r)] = r, 1
+    return ids, mask
+
+
+def load_model(name_or_path: Any, *, tokenizer: Any = None, dtype: Any = None,
+               embedding_paths: Optional[dict] = None, **model_kwargs) -> AttributionModel:
+    """Load a model for attribution.
+
+    Args:
+      name_or_path: hub id, local directory (Flax ``flax_model.msgpack`` or PyTorch
+        ``model.safetensors`` weights; the latter are converted with ``from_pt=True``), or an
+        already built ``transformers`` Flax model instance.
+      tokenizer: a tokenizer instance or name; default: the checkpoint's own.
+      dtype: computation dtype (e.g. ``jnp.bfloat16``).
+      embedding_paths: token-embedding module paths for classes jaxattr does not know.
+      **model_kwargs: passed to ``from_pretrained``.
+    """
+    _compat.apply()
+    if isinstance(name_or_path, str):
+        from .loading import load_hf_model
+        hf_model, _ = load_hf_model(name_or_path, dtype=dtype, **model_kwargs)
+        name = name_or_path
+    else:
+        hf_model, name = name_or_path, None
+    if tokenizer is None or isinstance(tokenizer, str):
+        if tokenizer is None and not isinstance(name_or_path, str):
+            raise ValueError("Pass `tokenizer=` when giving a model instance.")
+        from transformers import AutoTokenizer
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer or name_or_path)
+    return AttributionModel(hf_model, tokenizer, name=name, embedding_paths=embedding_paths)

@@ -1,0 +1,169 @@
+"""The jitted attribution pipeline: one teacher-forced forward, vmapped VJPs, pytree result.
+
+For a causal decoder, position ``i`` only sees positions ``<= i``, so a single forward over the
+whole (prompt + continuation) sequence yields the logits of every generation step, and one VJP
+vmapped over one-hot cotangents of the step scores yields every step's gradient. This equals
+the per-step computation on each prefix (``tests/test_pipeline.py`` checks it).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from .adapters import ModelAdapter
+from .results import BatchAttribution
+from .targets import TargetBatch
+
+__all__ = ["ModelBatch", "attribute_batch", "split_kwargs", "keyword_names"]
+
+
+@struct.dataclass
+class ModelBatch:
+    """Padded ids and masks of one batch (see :func:`jaxattr.encoding.pad_batch`).
+
+    ``baseline_*_ids`` are the ids whose embeddings form the integrated-gradients baseline
+    (``None`` when no id-based baseline is used).
+    """
+    target_ids: jax.Array
+    target_mask: jax.Array
+    step_positions: jax.Array
+    step_mask: jax.Array
+    source_ids: Optional[jax.Array] = None
+    source_mask: Optional[jax.Array] = None
+    baseline_target_ids: Optional[jax.Array] = None
+    baseline_source_ids: Optional[jax.Array] = None
+
+
+def keyword_names(fn: Callable) -> set:
+    """Keyword-only (or defaulted) parameter names a function declares."""
+    params = inspect.signature(fn).parameters.values()
+    return {p.name for p in params
+            if p.kind in (p.KEYWORD_ONLY,) or (p.kind == p.POSITIONAL_OR_KEYWORD
+                                                and p.default is not p.empty)}
+
+
+def split_kwargs(kwargs: dict, owners: dict) -> dict:
+    """Route each keyword to the functions (by role) that declare it.
+
+    ``owners`` maps a role (``"method"``, ``"attributed_fn"``) to a function. A keyword no
+    function declares raises, naming the accepted ones.
+    """
+    routed = {role: {} for role in owners}
+    declared = {role: keyword_names(fn) for role, fn in owners.items()}
+    for key, value in kwargs.items():
+        hits = [role for role, names in declared.items() if key in names]
+        if not hits:
+            accepted = sorted(set().union(*declared.values()) - {"has_aux"})
+            raise TypeError(f"unknown keyword argument {key!r}: neither the method nor the "
+                            f"attributed function takes it. Accepted here: {accepted}.")
+        for role in hits:
+            routed[role][key] = value
+    return routed
+
+
+def _gather_steps(values: jax.Array, positions: jax.Array) -> jax.Array:
+    """``values[B, L, ...]`` at ``positions[B, T]`` -> ``[B, T, ...]``."""
+    idx = positions.reshape(positions.shape + (1,) * (values.ndim - 2)).astype(jnp.int32)
+    return jnp.take_along_axis(values, idx, axis=1)
+
+
+def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, method, method_kwargs,
+                    target_fn, target_kwargs, step_fns, attribute_source, attribute_target):
+    tgt_embeds = adapter.embed(batch.target_ids, side="decoder")
+    src_embeds = (adapter.embed(batch.source_ids, side="encoder")
+                  if adapter.is_encoder_decoder else None)
+    step_ids = _gather_steps(batch.target_ids, batch.step_positions)
+    tbatch = TargetBatch(target_ids=step_ids, step_mask=batch.step_mask)
+    x = {}
+    if attribute_source:
+        x["source"] = src_embeds
+    if attribute_target:
+        x["target"] = tgt_embeds
+
+    def score_fn(xd):
+        logits = adapter.logits(
+            target_ids=batch.target_ids, target_mask=batch.target_mask,
+            target_embeds=xd.get("target", tgt_embeds),
+            source_ids=batch.source_ids, source_mask=batch.source_mask,
+            source_embeds=xd.get("source", src_embeds))
+        step_logits = _gather_steps(logits, batch.step_positions - 1)  # [B, T, V]
+        scores = target_fn(step_logits, tbatch, **dict(target_kwargs)) * batch.step_mask
+        return scores, step_logits
+
+    kwargs = dict(method_kwargs)
+    if "baseline" in keyword_names(method) or "baseline" in inspect.signature(method).parameters:
+        kwargs["baseline"] = _baseline(adapter, batch, baseline, x)
+    attr, step_logits = method(score_fn, x, has_aux=True, **kwargs)
+
+    step_scores = {name: fn(step_logits, tbatch, **dict(kw)) * batch.step_mask
+                   for name, fn, kw in step_fns}
+    src_attr = tgt_attr = None
+    if attribute_source:
+        src_attr = jnp.moveaxis(attr["source"], 0, 2)  # [T,B,S,H] -> [B,S,T,H]
+        src_attr = src_attr * batch.source_mask[:, :, None, None] \
+            * batch.step_mask[:, None, :, None]
+    result = BatchAttribution(
+        source_attributions=src_attr, target_attributions=None, step_scores=step_scores,
+        source_mask=batch.source_mask, target_mask=batch.target_mask,
+        step_mask=batch.step_mask, step_positions=batch.step_positions)
+    if attribute_target:
+        tgt_attr = jnp.moveaxis(attr["target"], 0, 2)  # [B,L,T,H]
+        tgt_attr = tgt_attr * result.target_row_mask[..., None]
+        result = result.replace(target_attributions=tgt_attr)
+    return result
+
+
+def _baseline(adapter, batch, baseline, x):
+    """Baseline pytree matching ``x``: id-based (UNK/PAD embeddings), zeros, or arrays."""
+    out = {}
+    for side, emb in x.items():
+        ids = batch.baseline_source_ids if side == "source" else batch.baseline_target_ids
+        if ids is not None:
+            out[side] = adapter.embed(ids, side="encoder" if side == "source" else "decoder")
+        elif baseline is None:
+            out[side] = jnp.zeros_like(emb)
+        else:
+            value = baseline[side] if isinstance(baseline, dict) else baseline
+            out[side] = jnp.broadcast_to(jnp.asarray(value, emb.dtype), emb.shape)
+    return out
+
+
+def _traced(*args, **kwargs):
+    # Looked up at trace time so tests can count traces (chex.assert_max_traces).
+    return _attribute_impl(*args, **kwargs)
+
+
+_attribute_jit = jax.jit(_traced, static_argnames=(
+    "method", "method_kwargs", "target_fn", "target_kwargs", "step_fns", "attribute_source",
+    "attribute_target"))
+
+
+def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, *,
+                    method: Callable, method_kwargs: tuple = (), target_fn: Callable,
+                    target_kwargs: tuple = (), step_fns: tuple = (), attribute_source: bool,
+                    attribute_target: bool, jit: bool = True) -> BatchAttribution:
+    """Attribute one padded batch.
+
+    Args:
+      adapter: the model as pure functions (its params are traced, not static).
+      batch: padded ids and masks.
+      baseline: ``None`` or arrays broadcastable to the embeddings (per side ``dict``), used
+        when the method takes a baseline and ``batch`` carries no baseline ids.
+      method: ``method(score_fn, x, *, has_aux=True, **method_kwargs)``.
+      method_kwargs, target_kwargs: hashable ``((key, value), ...)`` tuples (static).
+      target_fn: ``(logits[B,T,V], TargetBatch, **kw) -> [B, T]``, the attributed function.
+      step_fns: ``((name, fn, kwargs_tuple), ...)`` step scores from the same forward.
+      attribute_source / attribute_target: which embeddings to attribute.
+      jit: run through the cached ``jax.jit`` (default) or eagerly.
+
+    Returns:
+      A :class:`BatchAttribution` of device arrays.
+    """
+    fn = _attribute_jit if jit else _attribute_impl
+    return fn(adapter, batch, baseline, method=method, method_kwargs=method_kwargs,
+              target_fn=target_fn, target_kwargs=target_kwargs, step_fns=step_fns,
+              attribute_source=attribute_source, attribute_target=attribute_target)
