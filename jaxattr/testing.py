@@ -110,7 +110,7 @@ def _config(arch: str, tok, *, hidden: int, layers: int, heads: int, positions: 
     if arch == "xglm":
         return T.XGLMConfig(vocab_size=V, d_model=hidden, num_layers=layers,
                             attention_heads=heads, ffn_dim=ff, max_position_embeddings=positions,
-                            init_std=init, decoder_start_token_id=tok.bos_token_id, **sp)
+                            init_std=init, scale_embedding=True, decoder_start_token_id=tok.bos_token_id, **sp)
     if arch in ("llama", "mistral"):
         cls = T.LlamaConfig if arch == "llama" else T.MistralConfig
         return cls(vocab_size=V, hidden_size=hidden, num_hidden_layers=layers,
@@ -126,7 +126,7 @@ def _config(arch: str, tok, *, hidden: int, layers: int, heads: int, positions: 
     seq2seq = dict(vocab_size=V, d_model=hidden, encoder_layers=layers, decoder_layers=layers,
                    encoder_attention_heads=heads, decoder_attention_heads=heads,
                    encoder_ffn_dim=ff, decoder_ffn_dim=ff, max_position_embeddings=positions,
-                   init_std=init, **sp)
+                   init_std=init, scale_embedding=True, **sp)
     if arch == "bart":
         return T.BartConfig(decoder_start_token_id=tok.eos_token_id, **seq2seq)
     if arch == "mbart":

@@ -18,6 +18,8 @@ Output: one .npz (load with np.load(path, allow_pickle=False)):
       "{call_id}/{i}/source_attributions"   [src_len, n_attributed_steps, hidden]  (Marian only)
       "{call_id}/{i}/target_attributions"   [tgt_len, n_attributed_steps, hidden]
       "{call_id}/{i}/step_scores/{name}"    [n_attributed_steps]
+  * call ids "marian_fixedscale/*": same as "marian/*" but with the PyTorch decoder's
+    extra embed_scale multiplication disabled (see comment in main()).
   * "hf/{model}/{i}/probs": per-step probabilities of the forced tokens from a plain
     Hugging Face forward (input_ids, no Inseq), for comparison with Inseq's
     "probability" step score.
@@ -286,6 +288,20 @@ def main():
              input_texts=MARIAN_SOURCES[0], generated_texts=MARIAN_TARGETS[0],
              attribute_target=True, attributed_fn="contrast_prob_diff", contrast_targets=m_contrast,
              n_steps=N_STEPS)
+
+    # ---------------- Marian with the decoder double-scaling neutralised ----------------
+    # Inseq feeds decoder_inputs_embeds = embed(ids) * embed_scale, and transformers 4.57's
+    # PyTorch MarianDecoder multiplies inputs_embeds by embed_scale AGAIN (unconditionally),
+    # so the "marian/*" calls above run the decoder on embeddings scaled by d_model instead
+    # of sqrt(d_model). Setting decoder.embed_scale = 1.0 after loading makes the decoder see
+    # embed(ids) * sqrt(d_model) once, i.e. the true model: these are the references a
+    # faithful implementation of the *model* should match.
+    marian_fixed = inseq.load_model(f"{ckpt}/marian", "saliency")
+    marian_fixed.model.get_decoder().embed_scale = 1.0
+    for method, extra in base_methods.items():
+        run_call(rec, marian_fixed, "marian_fixedscale", f"marian_fixedscale/{method}", method,
+                 input_texts=MARIAN_SOURCES, generated_texts=MARIAN_TARGETS,
+                 attribute_target=True, step_scores=["probability"], **extra)
 
     hf_ref = hf_reference_probs(ckpt, rec)
     meta = {

@@ -6,6 +6,7 @@ never retrace a jitted function that takes the adapter as an argument.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -36,12 +37,16 @@ class ModelAdapter(struct.PyTreeNode):
       hf_model: the ``transformers`` Flax model object (static; only its ``__call__`` is used).
       encoder_path, decoder_path: module paths of the token-embedding lookups (static).
       is_encoder_decoder: static flag.
+      embed_scale: factor the model applies to its embedding lookup (``sqrt(d_model)`` for
+        configs with ``scale_embedding=True``: BART, mBART, Marian, Pegasus, XGLM). Attributed
+        embeddings include it, as in PyTorch/Inseq, where it is part of the embedding layer.
     """
     params: Any
     hf_model: Any = struct.field(pytree_node=False)
     decoder_path: tuple = struct.field(pytree_node=False)
     encoder_path: Optional[tuple] = struct.field(pytree_node=False, default=None)
     is_encoder_decoder: bool = struct.field(pytree_node=False, default=False)
+    embed_scale: float = struct.field(pytree_node=False, default=1.0)
 
     # ------------------------------------------------------------------ embeddings
     def embedding_matrix(self, side: str = "decoder") -> jax.Array:
@@ -50,11 +55,12 @@ class ModelAdapter(struct.PyTreeNode):
         return _get_path(self.params, path)["embedding"]
 
     def embed(self, ids: jax.Array, *, side: str = "decoder") -> jax.Array:
-        """Token-embedding lookup output ``[B, L, H]`` for ``ids[B, L]`` (what the model's
-        ``nn.Embed`` returns: before position embeddings and scaling)."""
+        """Attributed token embeddings ``[B, L, H]`` for ``ids[B, L]``: the model's
+        ``nn.Embed`` output times ``embed_scale``, before position embeddings."""
         table = self.embedding_matrix(side)
         dtype = getattr(self.hf_model, "dtype", table.dtype)
-        return jnp.take(table, ids.astype(jnp.int32), axis=0).astype(dtype)
+        out = jnp.take(table, ids.astype(jnp.int32), axis=0).astype(dtype)
+        return out * self.embed_scale if self.embed_scale != 1.0 else out
 
     # ------------------------------------------------------------------ forward
     def logits(
@@ -100,7 +106,7 @@ class ModelAdapter(struct.PyTreeNode):
                 raise ValueError(
                     f"{role} embeddings of shape {emb.shape} do not match the ids {ids.shape} "
                     f"seen at module {'/'.join(path)}.")
-            return emb
+            return emb / self.embed_scale if self.embed_scale != 1.0 else emb
 
         kwargs = dict(params=self.params)
         if dropout_rng is not None:
@@ -179,5 +185,8 @@ def make_adapter(hf_model, *, embedding_paths: Optional[dict] = None, params=Non
                 f"No embedding table at params path {'/'.join(path)} ({side}) of {name}. "
                 f"Check `embedding_paths`; module paths with an nn.Embed: "
                 f"{seen_embedding_paths(hf_model, is_encoder_decoder=is_ed)}.") from None
+    cfg = hf_model.config
+    scale = math.sqrt(cfg.d_model) if getattr(cfg, "scale_embedding", False) else 1.0
     return ModelAdapter(params=p, hf_model=hf_model, decoder_path=table["decoder"],
-                        encoder_path=table.get("encoder"), is_encoder_decoder=is_ed)
+                        encoder_path=table.get("encoder"), is_encoder_decoder=is_ed,
+                        embed_scale=scale)

@@ -1,9 +1,11 @@
 """Where each Hugging Face Flax class keeps its token-embedding lookup.
 
 Paths are ``flax.linen`` module paths (``Module.path``), which for these models equal the
-parameter paths. Attributions are taken with respect to the *output of this lookup*: before
-position embeddings and before any embedding scale (BART/mBART/Marian/Pegasus ``embed_scale``,
-Gemma's ``sqrt(hidden)``). Encoder-decoder models that share one embedding module call it
+parameter paths. Attributions are taken with respect to the *output of this lookup* times the
+model's ``embed_scale`` where its config sets ``scale_embedding`` (BART, mBART, Marian, Pegasus,
+XGLM: ``sqrt(d_model)``, which PyTorch — and so Inseq — counts as part of the embedding layer),
+before position embeddings and before Gemma's ``sqrt(hidden)`` normaliser (which PyTorch applies
+inside the model). Encoder-decoder models that share one embedding module call it
 twice per forward — first for the encoder, then for the decoder — and are told apart by the
 order of the calls.
 """
