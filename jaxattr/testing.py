@@ -138,7 +138,7 @@ def _config(arch: str, tok, *, hidden: int, layers: int, heads: int, positions: 
     if arch in ("t5", "mt5"):
         cls = T.T5Config if arch == "t5" else T.MT5Config
         return cls(vocab_size=V, d_model=hidden, d_kv=hidden // heads, d_ff=ff,
-                   num_layers=layers, num_heads=heads, initializer_factor=init * 50,
+                   num_layers=layers, num_heads=heads, initializer_factor=1.0,
                    decoder_start_token_id=tok.pad_token_id, **sp)
     raise ValueError(f"unknown architecture {arch!r}; choose one of {ARCHITECTURES}")
 

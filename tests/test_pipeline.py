@@ -28,15 +28,15 @@ def _prefix_logprob_grad(model, target_ids, p, source_ids=None):
                            source_embeds=src_e, **kw)
         return jax.nn.log_softmax(logits[0, -1])[target_ids[p]]
 
-    src_e = ad.embed(kw["source_ids"], side="encoder") if source_ids is not None else None
     if source_ids is None:
-        return None, jax.grad(lambda t: f(None, t))(tgt_e)[0]
-    gs, gt = jax.grad(f, argnums=(0, 1))(src_e, tgt_e)
+        return None, jax.jit(jax.grad(lambda t: f(None, t)))(tgt_e)[0]
+    src_e = ad.embed(kw["source_ids"], side="encoder")
+    gs, gt = jax.jit(jax.grad(f, argnums=(0, 1)))(src_e, tgt_e)
     return gs[0], gt[0]
 
 
 def test_one_pass_equals_per_step_decoder_only(gpt2):
-    out = gpt2.attribute(PROMPTS[0], FULL[0], attributed_fn="logprob", abs=False)
+    out = gpt2.attribute(PROMPTS[1], FULL[1], attributed_fn="logprob", abs=False)
     seq = out[0]
     assert seq.target_attributions.shape[1] == seq.attr_pos_end - seq.attr_pos_start
     for j, p in enumerate(range(seq.attr_pos_start, seq.attr_pos_end)):
@@ -46,7 +46,7 @@ def test_one_pass_equals_per_step_decoder_only(gpt2):
 
 
 def test_one_pass_equals_per_step_encoder_decoder(marian):
-    out = marian.attribute(SOURCES[0], TARGETS[0], attributed_fn="logprob", abs=False,
+    out = marian.attribute(SOURCES[1], TARGETS[1], attributed_fn="logprob", abs=False,
                            attribute_target=True)
     seq = out[0]
     for j, p in enumerate(range(seq.attr_pos_start, seq.attr_pos_end)):
@@ -120,8 +120,8 @@ def test_padded_batch_equals_one_by_one_encoder_decoder(marian):
 
 
 def test_jit_equals_eager(gpt2, marian):
-    for model, a, b, kw in [(gpt2, PROMPTS[:2], FULL[:2], {}),
-                            (marian, SOURCES[:2], TARGETS[:2], {"attribute_target": True})]:
+    for model, a, b, kw in [(gpt2, PROMPTS[1], FULL[1], {}),
+                            (marian, SOURCES[1], TARGETS[1], {"attribute_target": True})]:
         j = model.attribute(a, b, method="input_x_gradient", **kw)
         e = model.attribute(a, b, method="input_x_gradient", jit=False, **kw)
         for x, y in zip(j.sequence_attributions, e.sequence_attributions):
