@@ -10,7 +10,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 __all__ = ["EncodedSequence", "encode_decoder_only", "encode_encoder_decoder", "bucket_length",
-           "pad_batch", "InputError"]
+           "pad_batch", "align_contrast", "pad_contrast", "InputError"]
 
 
 class InputError(ValueError):
@@ -192,4 +192,73 @@ def pad_batch(seqs: Sequence[EncodedSequence], *, pad_id: int, batch_size: Optio
         if has_src:
             out["source_ids"][r, :len(s.source_ids)] = s.source_ids
             out["source_mask"][r, :len(s.source_ids)] = 1
+    return out
+
+
+def align_contrast(target_ids, contrast_ids, alignment=None, *, index: int = 0) -> dict:
+    """Map target positions to contrast positions.
+
+    Args:
+      target_ids, contrast_ids: the two token-id sequences (decoder side, full).
+      alignment: ``None`` (positional; the lengths must match), or pairs
+        ``[(target_index, contrast_index), ...]`` indexing the full token lists (as shown in
+        ``SequenceAttribution.target``).
+    Returns:
+      ``{target_position: contrast_position}``.
+    """
+    if alignment is None:
+        if len(target_ids) != len(contrast_ids):
+            raise InputError(
+                f"contrast target {index} has {len(contrast_ids)} tokens but the target has "
+                f"{len(target_ids)}, so they cannot be aligned by position. Pass "
+                "contrast_targets_alignments=[[(target_index, contrast_index), ...], ...] "
+                "(indices into the full token lists) or a contrast of the same length.")
+        return {i: i for i in range(len(target_ids))}
+    out = {}
+    for pair in alignment:
+        t, c = (int(v) for v in pair)
+        if not (0 <= t < len(target_ids) and 0 <= c < len(contrast_ids)):
+            raise InputError(f"alignment pair {pair} of sequence {index} is out of range "
+                             f"(target has {len(target_ids)} tokens, contrast "
+                             f"{len(contrast_ids)}).")
+        out[t] = c
+    return out
+
+
+def pad_contrast(seqs: Sequence[EncodedSequence], contrasts: Sequence[EncodedSequence],
+                 alignments: Sequence[dict], *, n_rows: int, n_steps: int, pad_id: int,
+                 max_positions: Optional[int] = None, bucket: bool = True) -> dict:
+    """Padded contrast arrays aligned to the steps of ``seqs`` (see :func:`pad_batch`).
+
+    Returns ``contrast_target_ids/contrast_target_mask [B, Lc]``, optional
+    ``contrast_source_ids/contrast_source_mask [B, Sc]``, and step-aligned
+    ``contrast_positions/contrast_step_mask [B, T]`` (mask 0 where a step has no aligned
+    contrast token).
+    """
+    fit = (lambda m: bucket_length(m, cap=max_positions)) if bucket else (lambda m: m)
+    rows = list(contrasts) + [contrasts[0]] * (n_rows - len(contrasts))
+    Lc = fit(max(len(c.target_ids) for c in rows))
+    out = {
+        "contrast_target_ids": np.full((n_rows, Lc), pad_id, np.int32),
+        "contrast_target_mask": np.zeros((n_rows, Lc), np.int32),
+        "contrast_positions": np.ones((n_rows, n_steps), np.int32),
+        "contrast_step_mask": np.zeros((n_rows, n_steps), np.float32),
+    }
+    if rows[0].source_ids is not None:
+        Sc = fit(max(len(c.source_ids) for c in rows))
+        out["contrast_source_ids"] = np.full((n_rows, Sc), pad_id, np.int32)
+        out["contrast_source_mask"] = np.zeros((n_rows, Sc), np.int32)
+    for r, c in enumerate(rows):
+        out["contrast_target_ids"][r, :len(c.target_ids)] = c.target_ids
+        out["contrast_target_mask"][r, :len(c.target_ids)] = 1
+        if c.source_ids is not None:
+            out["contrast_source_ids"][r, :len(c.source_ids)] = c.source_ids
+            out["contrast_source_mask"][r, :len(c.source_ids)] = 1
+        if r >= len(seqs):
+            continue
+        for t, p in enumerate(range(seqs[r].attr_start, seqs[r].attr_end)):
+            q = alignments[r].get(p)
+            if q is not None and q >= 1:
+                out["contrast_positions"][r, t] = q
+                out["contrast_step_mask"][r, t] = 1.0
     return out

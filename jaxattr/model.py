@@ -9,11 +9,12 @@ import numpy as np
 from . import _compat
 from .adapters import make_adapter
 from .encoding import (EncodedSequence, InputError, _as_list, _check_length, _check_nonempty,
-                       _resolve_span, encode_decoder_only, encode_encoder_decoder, pad_batch)
+                       _resolve_span, _strip_trailing_eos, align_contrast, encode_decoder_only,
+                       encode_encoder_decoder, pad_batch, pad_contrast)
 from .methods import get_method
 from .pipeline import ModelBatch, attribute_batch, split_kwargs
 from .results import AttributionOutput, SequenceAttribution
-from .targets import get_target
+from .targets import get_target, target_needs
 
 __all__ = ["AttributionModel", "load_model"]
 
@@ -130,7 +131,6 @@ class AttributionModel:
                 enc = [list(tok(t)["input_ids"]) for t in chunk]
                 ids, mask = _pad_rows(enc, pad, left=False)
             else:
-                from .encoding import _strip_trailing_eos
                 enc = [_strip_trailing_eos(list(tok(t)["input_ids"]), tok) for t in chunk]
                 ids, mask = _pad_rows(enc, pad, left=True)
             for r, e in enumerate(enc):
@@ -187,6 +187,10 @@ class AttributionModel:
         generation_args: Optional[dict] = None,
         show_progress: bool = True,
         baseline: Any = "unk",
+        contrast_targets: Union[str, Sequence[str], None] = None,
+        contrast_sources: Union[str, Sequence[str], None] = None,
+        contrast_targets_alignments: Optional[Sequence] = None,
+        contrast_force_inputs: bool = False,
         jit: bool = True,
         **kwargs,
     ) -> AttributionOutput:
@@ -212,10 +216,22 @@ class AttributionModel:
           baseline: integrated-gradients baseline: ``"unk"`` (UNK embedding — PAD when the
             tokenizer has no UNK — at every non-special position), ``"pad"``, ``"zeros"``, or
             an array broadcastable to the embeddings ``[..., H]``.
+          contrast_targets: alternative outputs for contrastive targets (``contrast_prob_diff``
+            …), one per input; decoder-only: full texts (a prompt — the same or another — plus
+            the alternative continuation); encoder-decoder: alternative outputs.
+          contrast_sources: encoder-decoder: alternative sources for the contrastive forward
+            (e.g. without context, for ``pcxmi`` / ``kl_divergence``).
+          contrast_targets_alignments: per input, pairs ``(target_index, contrast_index)``
+            into the full token lists; default: by position (the lengths must match).
+          contrast_force_inputs: run the contrastive forward on the contrast tokens (its own
+            prefix) instead of reading the contrast token from the original forward (Inseq's
+            default). Implied by ``contrast_sources`` and by targets that need
+            ``contrast_logits`` (``kl_divergence``, ``pcxmi`` …).
           jit: use the compiled pipeline (``False`` runs eagerly, for debugging).
           **kwargs: method options (``n_steps``, ``internal_batch_size``, ``abs``,
-            ``quadrature`` for the IG rule …) and attributed-function options; an unknown
-            keyword raises.
+            ``quadrature`` for the IG rule …) and options of the attributed function and step
+            scores (``logprob``, ``top_k`` …), each routed to every function that declares it;
+            an unknown keyword raises.
 
         Returns:
           :class:`~jaxattr.results.AttributionOutput` with one
@@ -226,8 +242,26 @@ class AttributionModel:
         target_fn = get_target(attributed_fn)
         if "quadrature" in kwargs:
             kwargs["method"] = kwargs.pop("quadrature")
-        routed = split_kwargs(kwargs, {"method": method_fn, "attributed_fn": target_fn})
-        step_fns = tuple((_fn_name(s), get_target(s), ()) for s in step_scores)
+        step_targets = [(_fn_name(s), get_target(s)) for s in step_scores]
+        owners = {"method": method_fn, "attributed_fn": target_fn}
+        owners.update({f"step:{name}": fn for name, fn in step_targets})
+        routed = split_kwargs(kwargs, owners)
+        step_fns = tuple((name, fn, _hashable(routed[f"step:{name}"]))
+                         for name, fn in step_targets)
+        fn_kwargs = [(target_fn, routed["attributed_fn"])] + [
+            (fn, routed[f"step:{name}"]) for name, fn in step_targets]
+        needs = set().union(*(target_needs(fn) for fn, _ in fn_kwargs))
+        has_contrast = contrast_targets is not None or contrast_sources is not None
+        if needs & {"contrast", "contrast_logits"} and not has_contrast:
+            raise InputError(
+                f"{_fn_name(attributed_fn)!r} (or a step score) is contrastive: pass "
+                "contrast_targets=[...] (alternative outputs) or, for encoder-decoder models, "
+                "contrast_sources=[...].")
+        contrast_forward = bool(has_contrast and (contrast_force_inputs
+                                                  or contrast_sources is not None
+                                                  or "contrast_logits" in needs))
+        n_dropout = max([_kwarg(fn, kw, "n_mcd_steps") for fn, kw in fn_kwargs
+                         if "dropout_logits" in target_needs(fn)] or [0])
         if generated_texts is None:
             seqs = self._encode_generated(texts, batch_size=batch_size,
                                           generation_args=generation_args,
@@ -236,6 +270,10 @@ class AttributionModel:
         else:
             seqs = self.encode(texts, generated_texts, attr_pos_start=attr_pos_start,
                                attr_pos_end=attr_pos_end)
+        contrasts = alignments = None
+        if has_contrast:
+            contrasts, alignments = self._encode_contrast(
+                seqs, contrast_targets, contrast_sources, contrast_targets_alignments)
         attribute_source = self.is_encoder_decoder
         attribute_target = attribute_target or not self.is_encoder_decoder
 
@@ -264,6 +302,12 @@ class AttributionModel:
             arrays = pad_batch([seqs[i] for i in chunk], pad_id=self.pad_token_id,
                                batch_size=bs if len(chunks) > 1 else None,
                                max_positions=self.max_positions)
+            if contrasts is not None:
+                arrays.update(pad_contrast(
+                    [seqs[i] for i in chunk], [contrasts[i] for i in chunk],
+                    [alignments[i] for i in chunk], n_rows=arrays["target_ids"].shape[0],
+                    n_steps=arrays["step_mask"].shape[1], pad_id=self.pad_token_id,
+                    max_positions=self.max_positions))
             if baseline_ids_kind is not None:
                 arrays.update(self._baseline_ids(arrays, baseline_ids_kind))
             batch = ModelBatch(**{k: jax.numpy.asarray(v) for k, v in arrays.items()})
@@ -271,7 +315,8 @@ class AttributionModel:
                 self.adapter, batch, baseline_arrays, method=method_fn,
                 method_kwargs=_hashable(routed["method"]), target_fn=target_fn,
                 target_kwargs=_hashable(routed["attributed_fn"]), step_fns=step_fns,
-                attribute_source=attribute_source, attribute_target=attribute_target, jit=jit)
+                attribute_source=attribute_source, attribute_target=attribute_target,
+                contrast_forward=contrast_forward, n_dropout=n_dropout, jit=jit)
             batches.append(result)
             host = jax.device_get(result)
             for row, i in enumerate(chunk):
@@ -282,6 +327,10 @@ class AttributionModel:
             "method": _fn_name(method),
             "attributed_fn": _fn_name(attributed_fn),
             "step_scores": [name for name, _, _ in step_fns],
+            "step_scores_kwargs": {name: dict(kw) for name, _, kw in step_fns if kw},
+            "contrast_targets": _as_list(contrast_targets, "contrast_targets"),
+            "contrast_sources": _as_list(contrast_sources, "contrast_sources"),
+            "contrast_force_inputs": contrast_forward,
             "method_kwargs": {k: v for k, v in routed["method"].items()},
             "attributed_fn_kwargs": dict(routed["attributed_fn"]),
             "attribute_target": bool(attribute_target),
@@ -292,6 +341,43 @@ class AttributionModel:
             "jaxattr_version": __import__("jaxattr").__version__,
         }
         return AttributionOutput(views, info, batches)
+
+    def _encode_contrast(self, seqs, contrast_targets, contrast_sources, alignments):
+        """Tokenise contrast targets/sources and align them to ``seqs``' positions."""
+        tok, n = self.tokenizer, len(seqs)
+        cts = _as_list(contrast_targets, "contrast_targets")
+        css = _as_list(contrast_sources, "contrast_sources")
+        for name, lst in (("contrast_targets", cts), ("contrast_sources", css),
+                          ("contrast_targets_alignments", alignments)):
+            if lst is not None and len(lst) != n:
+                raise InputError(f"got {n} inputs but {len(lst)} {name}; give one per input.")
+        if css is not None and not self.is_encoder_decoder:
+            raise InputError("contrast_sources is for encoder-decoder models; for a decoder-only "
+                             "model pass contrast_targets whose prompt is the other context.")
+        if alignments is not None and len(alignments) and isinstance(alignments[0], (tuple, list)) \
+                and len(alignments[0]) == 2 and isinstance(alignments[0][0], int) and n == 1:
+            alignments = [alignments]  # a single sequence's pairs
+        contrasts, aligns = [], []
+        for i, seq in enumerate(seqs):
+            if cts is None:
+                tgt = list(seq.target_ids)
+            elif self.is_encoder_decoder:
+                _check_nonempty(cts[i], "contrast_targets", i)
+                tgt = [self.decoder_start_token_id] + list(tok(text_target=cts[i])["input_ids"])
+            else:
+                _check_nonempty(cts[i], "contrast_targets", i)
+                tgt = _strip_trailing_eos(list(tok(cts[i])["input_ids"]), tok)
+            src = None
+            if css is not None:
+                _check_nonempty(css[i], "contrast_sources", i)
+                src = list(tok(css[i])["input_ids"])
+                _check_length(len(src), self.max_positions, "contrast source", i)
+            _check_length(len(tgt), self.max_positions, "contrast target", i)
+            contrasts.append(EncodedSequence(target_ids=tgt, attr_start=1, attr_end=len(tgt),
+                                             source_ids=src))
+            aligns.append(align_contrast(seq.target_ids, tgt,
+                                         None if alignments is None else alignments[i], index=i))
+        return contrasts, aligns
 
     def _baseline_ids(self, arrays: dict, kind: str) -> dict:
         tok = self.tokenizer
@@ -328,6 +414,14 @@ class AttributionModel:
             attr_pos_start=seq.attr_start, attr_pos_end=seq.attr_end,
             source_ids=list(seq.source_ids) if seq.source_ids is not None else None,
             target_ids=list(seq.target_ids))
+
+
+def _kwarg(fn, given: dict, name: str):
+    """The value of keyword ``name`` for ``fn``: given, else the function's default."""
+    if name in given:
+        return int(given[name])
+    import inspect
+    return int(inspect.signature(fn).parameters[name].default)
 
 
 def _pad_rows(rows, pad_id, *, left):

@@ -26,7 +26,9 @@ class ModelBatch:
     """Padded ids and masks of one batch (see :func:`jaxattr.encoding.pad_batch`).
 
     ``baseline_*_ids`` are the ids whose embeddings form the integrated-gradients baseline
-    (``None`` when no id-based baseline is used).
+    (``None`` when no id-based baseline is used). ``contrast_*`` describe the contrastive
+    sequence (see :func:`jaxattr.encoding.pad_contrast`): ``contrast_positions[B, T]`` is the
+    contrast position aligned with each step, ``contrast_step_mask[B, T]`` whether there is one.
     """
     target_ids: jax.Array
     target_mask: jax.Array
@@ -36,6 +38,12 @@ class ModelBatch:
     source_mask: Optional[jax.Array] = None
     baseline_target_ids: Optional[jax.Array] = None
     baseline_source_ids: Optional[jax.Array] = None
+    contrast_target_ids: Optional[jax.Array] = None
+    contrast_target_mask: Optional[jax.Array] = None
+    contrast_source_ids: Optional[jax.Array] = None
+    contrast_source_mask: Optional[jax.Array] = None
+    contrast_positions: Optional[jax.Array] = None
+    contrast_step_mask: Optional[jax.Array] = None
 
 
 def keyword_names(fn: Callable) -> set:
@@ -71,35 +79,65 @@ def _gather_steps(values: jax.Array, positions: jax.Array) -> jax.Array:
     return jnp.take_along_axis(values, idx, axis=1)
 
 
+def _contrast_fields(adapter: ModelAdapter, batch: ModelBatch, contrast_forward: bool) -> dict:
+    """Step-aligned contrast ids/mask and, when asked, the logits of the contrastive forward.
+
+    The contrastive forward reads token ids, not the attributed embeddings, so it is a constant
+    of the attribution (as in Inseq); it runs in the same compiled program as the original.
+    """
+    if batch.contrast_positions is None:
+        return {}
+    out = dict(contrast_ids=_gather_steps(batch.contrast_target_ids, batch.contrast_positions),
+               contrast_mask=batch.contrast_step_mask)
+    if contrast_forward:
+        has_own_source = batch.contrast_source_ids is not None
+        logits = adapter.logits(
+            target_ids=batch.contrast_target_ids, target_mask=batch.contrast_target_mask,
+            source_ids=batch.contrast_source_ids if has_own_source else batch.source_ids,
+            source_mask=batch.contrast_source_mask if has_own_source else batch.source_mask)
+        out["contrast_logits"] = jax.lax.stop_gradient(
+            _gather_steps(logits, batch.contrast_positions - 1))
+    return out
+
+
 def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, method, method_kwargs,
-                    target_fn, target_kwargs, step_fns, attribute_source, attribute_target):
+                    target_fn, target_kwargs, step_fns, attribute_source, attribute_target,
+                    contrast_forward=False, n_dropout=0, dropout_seed=0):
     tgt_embeds = adapter.embed(batch.target_ids, side="decoder")
     src_embeds = (adapter.embed(batch.source_ids, side="encoder")
                   if adapter.is_encoder_decoder else None)
     step_ids = _gather_steps(batch.target_ids, batch.step_positions)
-    tbatch = TargetBatch(target_ids=step_ids, step_mask=batch.step_mask)
+    tbatch = TargetBatch(target_ids=step_ids, step_mask=batch.step_mask,
+                         **_contrast_fields(adapter, batch, contrast_forward))
     x = {}
     if attribute_source:
         x["source"] = src_embeds
     if attribute_target:
         x["target"] = tgt_embeds
 
-    def score_fn(xd):
+    def forward(xd, dropout_rng=None):
         logits = adapter.logits(
             target_ids=batch.target_ids, target_mask=batch.target_mask,
             target_embeds=xd.get("target", tgt_embeds),
             source_ids=batch.source_ids, source_mask=batch.source_mask,
-            source_embeds=xd.get("source", src_embeds))
-        step_logits = _gather_steps(logits, batch.step_positions - 1)  # [B, T, V]
-        scores = target_fn(step_logits, tbatch, **dict(target_kwargs)) * batch.step_mask
-        return scores, step_logits
+            source_embeds=xd.get("source", src_embeds), dropout_rng=dropout_rng)
+        return _gather_steps(logits, batch.step_positions - 1)  # [B, T, V]
+
+    def score_fn(xd):
+        step_logits = forward(xd)
+        tb = tbatch
+        if n_dropout:
+            keys = jax.random.split(jax.random.PRNGKey(dropout_seed), n_dropout)
+            tb = tb.replace(dropout_logits=jax.vmap(lambda k: forward(xd, k))(keys))
+        scores = target_fn(step_logits, tb, **dict(target_kwargs)) * batch.step_mask
+        return scores, (step_logits, tb)
 
     kwargs = dict(method_kwargs)
     if "baseline" in keyword_names(method) or "baseline" in inspect.signature(method).parameters:
         kwargs["baseline"] = _baseline(adapter, batch, baseline, x)
-    attr, step_logits = method(score_fn, x, has_aux=True, **kwargs)
+    attr, (step_logits, tb) = method(score_fn, x, has_aux=True, **kwargs)
 
-    step_scores = {name: fn(step_logits, tbatch, **dict(kw)) * batch.step_mask
+    step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
                    for name, fn, kw in step_fns}
     src_attr = tgt_attr = None
     if attribute_source:
@@ -139,13 +177,14 @@ def _traced(*args, **kwargs):
 
 _attribute_jit = jax.jit(_traced, static_argnames=(
     "method", "method_kwargs", "target_fn", "target_kwargs", "step_fns", "attribute_source",
-    "attribute_target"))
+    "attribute_target", "contrast_forward", "n_dropout", "dropout_seed"))
 
 
 def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, *,
                     method: Callable, method_kwargs: tuple = (), target_fn: Callable,
                     target_kwargs: tuple = (), step_fns: tuple = (), attribute_source: bool,
-                    attribute_target: bool, jit: bool = True) -> BatchAttribution:
+                    attribute_target: bool, contrast_forward: bool = False, n_dropout: int = 0,
+                    dropout_seed: int = 0, jit: bool = True) -> BatchAttribution:
     """Attribute one padded batch.
 
     Args:
@@ -158,6 +197,10 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
       target_fn: ``(logits[B,T,V], TargetBatch, **kw) -> [B, T]``, the attributed function.
       step_fns: ``((name, fn, kwargs_tuple), ...)`` step scores from the same forward.
       attribute_source / attribute_target: which embeddings to attribute.
+      contrast_forward: run the contrastive forward (``batch.contrast_*``) for
+        ``TargetBatch.contrast_logits``.
+      n_dropout: number of dropout forwards for ``TargetBatch.dropout_logits`` (MC dropout),
+        keys split from ``dropout_seed``; they see the attributed embeddings.
       jit: run through the cached ``jax.jit`` (default) or eagerly.
 
     Returns:
@@ -166,4 +209,5 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
     fn = _attribute_jit if jit else _attribute_impl
     return fn(adapter, batch, baseline, method=method, method_kwargs=method_kwargs,
               target_fn=target_fn, target_kwargs=target_kwargs, step_fns=step_fns,
-              attribute_source=attribute_source, attribute_target=attribute_target)
+              attribute_source=attribute_source, attribute_target=attribute_target,
+              contrast_forward=contrast_forward, n_dropout=n_dropout, dropout_seed=dropout_seed)

@@ -76,3 +76,18 @@ def test_equals_inseq(call_id, reference, models):
             assert _rel(seq.source_attributions, src) <= 1e-3
         np.testing.assert_allclose(seq.step_scores["probability"],
                                    z[f"{key}/step_scores/probability"], rtol=1e-3, atol=1e-7)
+
+
+def test_contrast_prob_diff_equals_inseq(reference, models):
+    z, calls = reference
+    call = calls["gpt2/saliency_contrast_prob_diff"]
+    out = models["gpt2"].attribute(call["input_texts"], call["generated_texts"],
+                                   attributed_fn="contrast_prob_diff",
+                                   contrast_targets=call["kwargs"]["contrast_targets"],
+                                   step_scores=("probability",))[0]
+    ref = z["gpt2/saliency_contrast_prob_diff/0/target_attributions"]
+    np.testing.assert_array_equal(np.isnan(out.target_attributions), np.isnan(ref))
+    assert _rel(out.target_attributions, ref) <= 1e-3
+    np.testing.assert_allclose(out.step_scores["probability"],
+                               z["gpt2/saliency_contrast_prob_diff/0/step_scores/probability"],
+                               rtol=1e-3)
