@@ -18,15 +18,21 @@ from .adapters import ModelAdapter, make_adapter
 from .encoding import InputError
 from .loading import UnsupportedModelError, supported_architectures
 from .methods import input_x_gradient, integrated_gradients, per_output_grads, saliency
+from .methods import (gradient_shap, occlusion, sequential_integrated_gradients, smoothgrad,
+                      smoothgrad_sq, vargrad)
 from .model import AttributionModel, load_model
 from .pipeline import ModelBatch, attribute_batch
 from .results import AttributionOutput, BatchAttribution, SequenceAttribution
+from . import io
+from .io import ResultFileError, load
 from .targets import TargetBatch, get_target, register_target
 
 __all__ = [
     "__version__",
     # functional core
     "saliency", "input_x_gradient", "integrated_gradients", "per_output_grads",
+    "gradient_shap", "sequential_integrated_gradients", "occlusion",
+    "smoothgrad", "smoothgrad_sq", "vargrad",
     # models
     "load_model", "AttributionModel", "ModelAdapter", "make_adapter", "supported_architectures",
     "ModelBatch", "attribute_batch",
@@ -34,8 +40,9 @@ __all__ = [
     "TargetBatch", "get_target", "register_target",
     # results
     "AttributionOutput", "BatchAttribution", "SequenceAttribution",
+    "load", "ResultFileError",
     # errors
     "InputError", "UnsupportedModelError",
     # submodules
-    "methods", "targets", "aggregate",
+    "methods", "targets", "aggregate", "io",
 ]

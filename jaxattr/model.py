@@ -20,6 +20,11 @@ __all__ = ["AttributionModel", "load_model"]
 
 BASELINES = ("unk", "pad", "zeros")
 
+# Model-level names: layer methods are the gradient methods applied to a site's activation.
+LAYER_METHODS = {"layer_integrated_gradients": "integrated_gradients",
+                 "layer_gradient_x_activation": "input_x_gradient",
+                 "layer_saliency": "saliency"}
+
 
 def _hashable(value):
     if isinstance(value, list):
@@ -238,12 +243,22 @@ class AttributionModel:
           :class:`~jaxattr.results.SequenceAttribution` per input.
         """
         texts = _as_list(input_texts, "input_texts")
-        method_fn = get_method(method)
+        layer = kwargs.pop("layer", None)
+        if layer is not None:
+            layer = tuple(layer.split("/")) if isinstance(layer, str) else tuple(layer)
+        if method == "attention":
+            if layer is not None:
+                raise ValueError("`layer` does not apply to method='attention'.")
+            method_fn = "attention"
+        else:
+            method_fn = get_method(LAYER_METHODS.get(method, method))
         target_fn = get_target(attributed_fn)
         if "quadrature" in kwargs:
             kwargs["method"] = kwargs.pop("quadrature")
         step_targets = [(_fn_name(s), get_target(s)) for s in step_scores]
-        owners = {"method": method_fn, "attributed_fn": target_fn}
+        owners = {"attributed_fn": target_fn}
+        if method_fn != "attention":
+            owners["method"] = method_fn
         owners.update({f"step:{name}": fn for name, fn in step_targets})
         routed = split_kwargs(kwargs, owners)
         step_fns = tuple((name, fn, _hashable(routed[f"step:{name}"]))
@@ -277,7 +292,8 @@ class AttributionModel:
         attribute_source = self.is_encoder_decoder
         attribute_target = attribute_target or not self.is_encoder_decoder
 
-        uses_baseline = "baseline" in __import__("inspect").signature(method_fn).parameters
+        uses_baseline = (method_fn != "attention"
+                         and "baseline" in __import__("inspect").signature(method_fn).parameters)
         baseline_ids_kind, baseline_arrays = None, None
         if uses_baseline:
             if isinstance(baseline, str):
@@ -313,10 +329,10 @@ class AttributionModel:
             batch = ModelBatch(**{k: jax.numpy.asarray(v) for k, v in arrays.items()})
             result = attribute_batch(
                 self.adapter, batch, baseline_arrays, method=method_fn,
-                method_kwargs=_hashable(routed["method"]), target_fn=target_fn,
+                method_kwargs=_hashable(routed.get("method", {})), target_fn=target_fn,
                 target_kwargs=_hashable(routed["attributed_fn"]), step_fns=step_fns,
                 attribute_source=attribute_source, attribute_target=attribute_target,
-                contrast_forward=contrast_forward, n_dropout=n_dropout, jit=jit)
+                contrast_forward=contrast_forward, n_dropout=n_dropout, layer=layer, jit=jit)
             batches.append(result)
             host = jax.device_get(result)
             for row, i in enumerate(chunk):
@@ -331,7 +347,8 @@ class AttributionModel:
             "contrast_targets": _as_list(contrast_targets, "contrast_targets"),
             "contrast_sources": _as_list(contrast_sources, "contrast_sources"),
             "contrast_force_inputs": contrast_forward,
-            "method_kwargs": {k: v for k, v in routed["method"].items()},
+            "method_kwargs": dict(routed.get("method", {})),
+            "layer": "/".join(layer) if layer else None,
             "attributed_fn_kwargs": dict(routed["attributed_fn"]),
             "attribute_target": bool(attribute_target),
             "baseline": baseline if isinstance(baseline, str) or baseline is None else "array",

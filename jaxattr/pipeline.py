@@ -100,59 +100,145 @@ def _contrast_fields(adapter: ModelAdapter, batch: ModelBatch, contrast_forward:
     return out
 
 
+def _site_side(layer: tuple) -> str:
+    """Which token axis a layer site's activations run along."""
+    return "source" if any("encoder" in part for part in layer) else "target"
+
+
 def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, method, method_kwargs,
                     target_fn, target_kwargs, step_fns, attribute_source, attribute_target,
-                    contrast_forward=False, n_dropout=0, dropout_seed=0):
+                    contrast_forward=False, n_dropout=0, dropout_seed=0, layer=None):
     tgt_embeds = adapter.embed(batch.target_ids, side="decoder")
     src_embeds = (adapter.embed(batch.source_ids, side="encoder")
                   if adapter.is_encoder_decoder else None)
     step_ids = _gather_steps(batch.target_ids, batch.step_positions)
     tbatch = TargetBatch(target_ids=step_ids, step_mask=batch.step_mask,
                          **_contrast_fields(adapter, batch, contrast_forward))
-    x = {}
+    emb = {}
     if attribute_source:
-        x["source"] = src_embeds
+        emb["source"] = src_embeds
     if attribute_target:
-        x["target"] = tgt_embeds
+        emb["target"] = tgt_embeds
 
-    def forward(xd, dropout_rng=None):
-        logits = adapter.logits(
+    def run(embeds, *, site_value=None, dropout_rng=None):
+        return adapter.forward(
             target_ids=batch.target_ids, target_mask=batch.target_mask,
-            target_embeds=xd.get("target", tgt_embeds),
+            target_embeds=embeds.get("target", tgt_embeds),
             source_ids=batch.source_ids, source_mask=batch.source_mask,
-            source_embeds=xd.get("source", src_embeds), dropout_rng=dropout_rng)
-        return _gather_steps(logits, batch.step_positions - 1)  # [B, T, V]
+            source_embeds=embeds.get("source", src_embeds), dropout_rng=dropout_rng,
+            site=layer, site_value=site_value)
+
+    takes_baseline = "baseline" in inspect.signature(method).parameters
+    if layer is None:
+        x = emb
+
+        def forward(xd, dropout_rng=None):
+            return run(xd, dropout_rng=dropout_rng)["logits"]
+
+        base_x = _baseline(adapter, batch, baseline, x) if takes_baseline else None
+    else:
+        # Layer attribution: the attributed input is the activation at the site; the score is
+        # a function of it through the rest of the network (the site output is replaced).
+        side = _site_side(layer)
+        x = {side: run({})["site"]}
+
+        def forward(xd, dropout_rng=None):
+            return run({}, site_value=xd[side], dropout_rng=dropout_rng)["logits"]
+
+        base_x = None
+        if takes_baseline:
+            base_emb = _baseline(adapter, batch, baseline,
+                                 {"source": src_embeds, "target": tgt_embeds}
+                                 if adapter.is_encoder_decoder else {"target": tgt_embeds})
+            base_x = {side: run(base_emb)["site"]}
+        attribute_source, attribute_target = side == "source", side == "target"
+
+    def step_logits_of(xd, dropout_rng=None):
+        return _gather_steps(forward(xd, dropout_rng), batch.step_positions - 1)  # [B,T,V]
 
     def score_fn(xd):
-        step_logits = forward(xd)
+        step_logits = step_logits_of(xd)
         tb = tbatch
         if n_dropout:
             keys = jax.random.split(jax.random.PRNGKey(dropout_seed), n_dropout)
-            tb = tb.replace(dropout_logits=jax.vmap(lambda k: forward(xd, k))(keys))
+            tb = tb.replace(dropout_logits=jax.vmap(lambda k: step_logits_of(xd, k))(keys))
         scores = target_fn(step_logits, tb, **dict(target_kwargs)) * batch.step_mask
-        return scores, (step_logits, tb)
+        return scores, (step_logits, tb, scores)
 
     kwargs = dict(method_kwargs)
-    if "baseline" in keyword_names(method) or "baseline" in inspect.signature(method).parameters:
-        kwargs["baseline"] = _baseline(adapter, batch, baseline, x)
-    attr, (step_logits, tb) = method(score_fn, x, has_aux=True, **kwargs)
+    if takes_baseline:
+        kwargs["baseline"] = base_x
+    attr, (step_logits, tb, scores) = method(score_fn, x, has_aux=True, **kwargs)
 
     step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
                    for name, fn, kw in step_fns}
-    src_attr = tgt_attr = None
-    if attribute_source:
-        src_attr = jnp.moveaxis(attr["source"], 0, 2)  # [T,B,S,H] -> [B,S,T,H]
-        src_attr = src_attr * batch.source_mask[:, :, None, None] \
-            * batch.step_mask[:, None, :, None]
+    if "return_convergence_delta" in inspect.signature(method).parameters:
+        # Completeness per (sequence, step): Σ attributions − (s(x) − s(baseline)).
+        base_scores = score_fn(base_x)[0]
+        total = sum(a.reshape(a.shape[:2] + (-1,)).sum(-1) for a in attr.values())  # [T, B]
+        step_scores["deltas"] = (total.T - (scores - base_scores)) * batch.step_mask
+    return _assemble(attr, batch, step_scores, attribute_source, attribute_target)
+
+
+def _assemble(attr: dict, batch: ModelBatch, step_scores: dict, attribute_source: bool,
+              attribute_target: bool) -> BatchAttribution:
+    """``{"source"|"target": [T, B, R, ...]}`` -> masked :class:`BatchAttribution`."""
+    def cols(a):  # [T, B, R, ...] -> [B, R, T, ...]
+        return jnp.moveaxis(a, 0, 2)
+
+    def expand(m, nd):
+        return m.reshape(m.shape + (1,) * (nd - m.ndim))
+
     result = BatchAttribution(
-        source_attributions=src_attr, target_attributions=None, step_scores=step_scores,
+        source_attributions=None, target_attributions=None, step_scores=step_scores,
         source_mask=batch.source_mask, target_mask=batch.target_mask,
         step_mask=batch.step_mask, step_positions=batch.step_positions)
+    if attribute_source:
+        a = cols(attr["source"])
+        m = batch.source_mask[:, :, None] * batch.step_mask[:, None, :]
+        result = result.replace(source_attributions=a * expand(m, a.ndim).astype(a.dtype))
     if attribute_target:
-        tgt_attr = jnp.moveaxis(attr["target"], 0, 2)  # [B,L,T,H]
-        tgt_attr = tgt_attr * result.target_row_mask[..., None]
-        result = result.replace(target_attributions=tgt_attr)
+        a = cols(attr["target"])
+        m = result.target_row_mask
+        result = result.replace(target_attributions=a * expand(m, a.ndim).astype(a.dtype))
     return result
+
+
+def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, target_kwargs,
+                    step_fns, attribute_source, attribute_target, contrast_forward=False):
+    """Attention weights as attributions, from the same single forward.
+
+    Result trailing axes are ``[layers, heads]``: decoder-only, the self-attention of the
+    query that predicts each step; encoder-decoder, the cross-attention (source rows) and the
+    decoder self-attention (target rows).
+    """
+    out = adapter.forward(target_ids=batch.target_ids, target_mask=batch.target_mask,
+                          source_ids=batch.source_ids, source_mask=batch.source_mask,
+                          output_attentions=True)
+    step_ids = _gather_steps(batch.target_ids, batch.step_positions)
+    tb = TargetBatch(target_ids=step_ids, step_mask=batch.step_mask,
+                     **_contrast_fields(adapter, batch, contrast_forward))
+    step_logits = _gather_steps(out["logits"], batch.step_positions - 1)
+    step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
+                   for name, fn, kw in step_fns}
+    att = out["attentions"]
+    q = batch.step_positions - 1  # query position predicting each step [B, T]
+
+    def per_step(weights):  # tuple of [B, heads, Lq, Lk] -> [T, B, Lk, layers, heads]
+        w = jnp.stack(weights, axis=0)  # [layers, B, heads, Lq, Lk]
+        w = jnp.take_along_axis(w, q[None, :, None, :, None], axis=3)  # [layers,B,heads,T,Lk]
+        return jnp.transpose(w, (3, 1, 4, 0, 2))
+
+    attr = {}
+    if adapter.is_encoder_decoder:
+        if attribute_source:
+            attr["source"] = per_step(att["cross_attentions"])
+        if attribute_target:
+            attr["target"] = per_step(att["decoder_attentions"])
+    else:
+        attr["target"] = per_step(att["attentions"])
+        attribute_target = True
+    return _assemble(attr, batch, step_scores, attribute_source, attribute_target)
 
 
 def _baseline(adapter, batch, baseline, x):
@@ -177,14 +263,18 @@ def _traced(*args, **kwargs):
 
 _attribute_jit = jax.jit(_traced, static_argnames=(
     "method", "method_kwargs", "target_fn", "target_kwargs", "step_fns", "attribute_source",
-    "attribute_target", "contrast_forward", "n_dropout", "dropout_seed"))
+    "attribute_target", "contrast_forward", "n_dropout", "dropout_seed", "layer"))
+_attention_jit = jax.jit(_attention_impl, static_argnames=(
+    "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
+    "contrast_forward"))
 
 
 def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, *,
                     method: Callable, method_kwargs: tuple = (), target_fn: Callable,
                     target_kwargs: tuple = (), step_fns: tuple = (), attribute_source: bool,
                     attribute_target: bool, contrast_forward: bool = False, n_dropout: int = 0,
-                    dropout_seed: int = 0, jit: bool = True) -> BatchAttribution:
+                    dropout_seed: int = 0, layer: Optional[tuple] = None,
+                    jit: bool = True) -> BatchAttribution:
     """Attribute one padded batch.
 
     Args:
@@ -201,13 +291,22 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
         ``TargetBatch.contrast_logits``.
       n_dropout: number of dropout forwards for ``TargetBatch.dropout_logits`` (MC dropout),
         keys split from ``dropout_seed``; they see the attributed embeddings.
+      layer: module path (tuple) of a layer site: attribute its output activation instead of
+        the token embeddings (layer methods). ``method`` may also be the string
+        ``"attention"``: attention weights from the single forward.
       jit: run through the cached ``jax.jit`` (default) or eagerly.
 
     Returns:
       A :class:`BatchAttribution` of device arrays.
     """
+    if method == "attention":
+        fn = _attention_jit if jit else _attention_impl
+        return fn(adapter, batch, target_fn=target_fn, target_kwargs=target_kwargs,
+                  step_fns=step_fns, attribute_source=attribute_source,
+                  attribute_target=attribute_target, contrast_forward=contrast_forward)
     fn = _attribute_jit if jit else _attribute_impl
     return fn(adapter, batch, baseline, method=method, method_kwargs=method_kwargs,
               target_fn=target_fn, target_kwargs=target_kwargs, step_fns=step_fns,
               attribute_source=attribute_source, attribute_target=attribute_target,
-              contrast_forward=contrast_forward, n_dropout=n_dropout, dropout_seed=dropout_seed)
+              contrast_forward=contrast_forward, n_dropout=n_dropout, dropout_seed=dropout_seed,
+              layer=layer)

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 from flax import struct
 
-__all__ = ["BatchAttribution", "SequenceAttribution", "AttributionOutput"]
+__all__ = ["BatchAttribution", "SequenceAttribution", "AttributionOutput", "MERGE_MATCH_FIELDS"]
 
 
 @struct.dataclass
@@ -80,6 +80,100 @@ class SequenceAttribution:
         from . import aggregate as _agg
         return _agg.aggregate_sequence(self, aggregator, **kwargs)
 
+    # -- composable aggregation (each returns a new view; see jaxattr.aggregate) -----------
+    def reduce_hidden(self, how: Any = "vnorm") -> "SequenceAttribution":
+        """Reduce the hidden axis: ``[R, T, H] -> [R, T]`` (:func:`jaxattr.aggregate.reduce_hidden`)."""
+        from . import aggregate as _agg
+        return _agg.reduce_hidden(self, how)
+
+    def normalize(self) -> "SequenceAttribution":
+        """Each column's absolute values sum to 1 (:func:`jaxattr.aggregate.normalize`)."""
+        from . import aggregate as _agg
+        return _agg.normalize(self)
+
+    def rescale(self) -> "SequenceAttribution":
+        """Each column's largest magnitude becomes 1 (:func:`jaxattr.aggregate.rescale`)."""
+        from . import aggregate as _agg
+        return _agg.rescale(self)
+
+    def merge_words(self, **kwargs) -> "SequenceAttribution":
+        """Merge subwords into words (:func:`jaxattr.aggregate.merge_words`)."""
+        from . import aggregate as _agg
+        return _agg.merge_words(self, **kwargs)
+
+    def merge_spans(self, **kwargs) -> "SequenceAttribution":
+        """Merge contiguous token spans (:func:`jaxattr.aggregate.merge_spans`)."""
+        from . import aggregate as _agg
+        return _agg.merge_spans(self, **kwargs)
+
+    def slice_tokens(self, **kwargs) -> "SequenceAttribution":
+        """Keep a range of positions (:func:`jaxattr.aggregate.slice_tokens`)."""
+        from . import aggregate as _agg
+        return _agg.slice_tokens(self, **kwargs)
+
+    def difference(self, other: "SequenceAttribution") -> "SequenceAttribution":
+        """``self - other`` for a minimal pair (:func:`jaxattr.aggregate.difference`)."""
+        from . import aggregate as _agg
+        return _agg.difference(self, other)
+
+    __sub__ = difference
+
+    # -- export ------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """Plain dict of tokens (lists), numpy arrays and positions (a copy)."""
+        return {
+            "source": None if self.source is None else list(self.source),
+            "target": list(self.target),
+            "source_attributions": _copy(self.source_attributions),
+            "target_attributions": _copy(self.target_attributions),
+            "step_scores": {k: np.array(v) for k, v in self.step_scores.items()},
+            "attr_pos_start": int(self.attr_pos_start), "attr_pos_end": int(self.attr_pos_end),
+            "source_ids": None if self.source_ids is None else list(self.source_ids),
+            "target_ids": None if self.target_ids is None else list(self.target_ids),
+        }
+
+    def get_scores_dict(self, *, aggregate: bool = True) -> dict:
+        """Scores keyed by ``(position, token)`` pairs (positions keep repeated tokens apart).
+
+        Returns ``{"source_attributions": {gen: {src: v}}, "target_attributions":
+        {gen: {tgt: v}}, "step_scores": {gen: {name: v}}}`` where ``gen`` runs over the
+        generated tokens; target rows not yet generated at a step are left out. 3-D
+        attributions are aggregated first (default reduction) unless ``aggregate=False``.
+        """
+        from .io import scores_dict
+        return scores_dict(self, aggregate=aggregate)
+
+    def to_dataframe(self, *, aggregate: bool = True):
+        """Tidy ``pandas.DataFrame`` (needs pandas): one row per existing cell and step score
+        (see :func:`jaxattr.io.to_dataframe`)."""
+        from .io import to_dataframe
+        return to_dataframe(self, aggregate=aggregate)
+
+    # -- rendering (render/ is imported lazily: computation code never imports it) --------
+    def to_text(self, **kwargs) -> str:
+        """Heatmap table as text (:func:`jaxattr.render.text.to_text`)."""
+        from .render.text import to_text
+        return to_text(self, **kwargs)
+
+    def to_html(self, **kwargs) -> str:
+        """Self-contained HTML heatmap (:func:`jaxattr.render.html.to_html`)."""
+        from .render.html import to_html
+        return to_html(self, **kwargs)
+
+    def _repr_html_(self) -> str:
+        from .render.html import to_html
+        return to_html(self, full_page=False)
+
+    def show(self, **kwargs) -> None:
+        """Display in a notebook (HTML) or print to the terminal (text)."""
+        from .render import show
+        show(self, **kwargs)
+
+    def to_figure(self, **kwargs):
+        """Matplotlib heatmap figure (needs matplotlib; :func:`jaxattr.render.figure.to_figure`)."""
+        from .render.figure import to_figure
+        return to_figure(self, **kwargs)
+
 
 @dataclasses.dataclass
 class AttributionOutput:
@@ -101,8 +195,136 @@ class AttributionOutput:
     def __getitem__(self, i):
         return self.sequence_attributions[i]
 
+    def __iter__(self):
+        return iter(self.sequence_attributions)
+
     def aggregate(self, aggregator: Any = None, **kwargs) -> "AttributionOutput":
         """Aggregate every sequence (default: L2 over hidden, each column sums to 1)."""
+        info = dict(self.info)
+        name = aggregator if isinstance(aggregator, str) or aggregator is None else getattr(
+            aggregator, "__name__", "custom")
+        info["aggregations"] = list(info.get("aggregations", [])) + [
+            f"aggregate({name or 'vnorm'!r}, normalize={kwargs.get('normalize', True)})"]
         return AttributionOutput(
-            [s.aggregate(aggregator, **kwargs) for s in self.sequence_attributions],
-            dict(self.info), [])
+            [s.aggregate(aggregator, **kwargs) for s in self.sequence_attributions], info, [])
+
+    # -- composable aggregation (each returns a new output; see jaxattr.aggregate) --------
+    def reduce_hidden(self, how: Any = "vnorm") -> "AttributionOutput":
+        """Reduce the hidden axis of every sequence (and batch)."""
+        from . import aggregate as _agg
+        return _agg.reduce_hidden(self, how)
+
+    def normalize(self) -> "AttributionOutput":
+        """Each column's absolute values sum to 1, for every sequence (and batch)."""
+        from . import aggregate as _agg
+        return _agg.normalize(self)
+
+    def rescale(self) -> "AttributionOutput":
+        """Each column's largest magnitude becomes 1, for every sequence (and batch)."""
+        from . import aggregate as _agg
+        return _agg.rescale(self)
+
+    def merge_words(self, **kwargs) -> "AttributionOutput":
+        """Merge subwords into words in every sequence (:func:`jaxattr.aggregate.merge_words`)."""
+        from . import aggregate as _agg
+        return _agg.merge_words(self, **kwargs)
+
+    def merge_spans(self, **kwargs) -> "AttributionOutput":
+        """Merge the same spans in every sequence (:func:`jaxattr.aggregate.merge_spans`)."""
+        from . import aggregate as _agg
+        return _agg.merge_spans(self, **kwargs)
+
+    def slice_tokens(self, **kwargs) -> "AttributionOutput":
+        """Keep the same range of positions in every sequence."""
+        from . import aggregate as _agg
+        return _agg.slice_tokens(self, **kwargs)
+
+    def difference(self, other: "AttributionOutput") -> "AttributionOutput":
+        """Pairwise ``self[i] - other[i]`` (:func:`jaxattr.aggregate.difference`)."""
+        from . import aggregate as _agg
+        return _agg.difference(self, other)
+
+    __sub__ = difference
+
+    # -- merging, export, save ----------------------------------------------------------------
+    @classmethod
+    def merge(cls, outputs) -> "AttributionOutput":
+        """Concatenate the sequences of several outputs (e.g. of several ``attribute`` calls).
+
+        The runs must agree on :data:`MERGE_MATCH_FIELDS` of their ``info`` (model, method,
+        attributed function, step scores …); other differing info values are kept per run under
+        ``info["merged_infos"]``. Device batches are dropped.
+        """
+        outputs = list(outputs)
+        if not outputs:
+            raise ValueError("merge needs at least one AttributionOutput.")
+        first = outputs[0].info
+        for out in outputs[1:]:
+            for key in MERGE_MATCH_FIELDS:
+                if _jsonish(first.get(key)) != _jsonish(out.info.get(key)):
+                    raise ValueError(f"Cannot merge outputs whose info[{key!r}] differ: "
+                                     f"{first.get(key)!r} vs {out.info.get(key)!r}.")
+        info = {k: v for k, v in first.items() if k != "batch_rows"
+                and all(_jsonish(o.info.get(k)) == _jsonish(v) for o in outputs[1:])}
+        if len(outputs) > 1 and any(_jsonish(o.info) != _jsonish(first) for o in outputs[1:]):
+            info["merged_infos"] = [dict(o.info) for o in outputs]
+        return cls([s for o in outputs for s in o.sequence_attributions], info, [])
+
+    def __add__(self, other: "AttributionOutput") -> "AttributionOutput":
+        return AttributionOutput.merge([self, other])
+
+    def get_scores_dicts(self, *, aggregate: bool = True) -> list:
+        """One :meth:`SequenceAttribution.get_scores_dict` per sequence."""
+        return [s.get_scores_dict(aggregate=aggregate) for s in self.sequence_attributions]
+
+    def to_dataframe(self, *, aggregate: bool = True):
+        """Tidy ``pandas.DataFrame`` of every sequence (needs pandas; a ``sequence`` column
+        tells them apart; see :func:`jaxattr.io.to_dataframe`)."""
+        from .io import to_dataframe
+        return to_dataframe(self, aggregate=aggregate)
+
+    def save(self, path, **kwargs) -> None:
+        """Write a readable JSON file (:func:`jaxattr.io.save`; ``.gz`` paths are gzipped)."""
+        from .io import save
+        save(self, path, **kwargs)
+
+    # -- rendering (render/ is imported lazily: computation code never imports it) --------
+    def to_text(self, **kwargs) -> str:
+        """Heatmap tables as text (:func:`jaxattr.render.text.to_text`)."""
+        from .render.text import to_text
+        return to_text(self, **kwargs)
+
+    def to_html(self, **kwargs) -> str:
+        """Self-contained HTML report (:func:`jaxattr.render.html.to_html`)."""
+        from .render.html import to_html
+        return to_html(self, **kwargs)
+
+    def _repr_html_(self) -> str:
+        from .render.html import to_html
+        return to_html(self, full_page=False)
+
+    def show(self, **kwargs) -> None:
+        """Display in a notebook (HTML) or print to the terminal (text)."""
+        from .render import show
+        show(self, **kwargs)
+
+
+#: ``info`` fields that must agree for :meth:`AttributionOutput.merge`.
+MERGE_MATCH_FIELDS = ("model", "model_class", "method", "attributed_fn", "attributed_fn_kwargs",
+                      "method_kwargs", "step_scores", "attribute_target", "baseline",
+                      "aggregations")
+
+
+def _jsonish(value):
+    """Compare info values the way JSON stores them (tuples and lists alike)."""
+    if isinstance(value, (list, tuple)):
+        return [_jsonish(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonish(v) for k, v in value.items()}
+    if isinstance(value, np.ndarray):
+        return _jsonish(value.tolist())
+    return value
+
+
+def _copy(a):
+    return None if a is None else np.array(a)

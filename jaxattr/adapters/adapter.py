@@ -63,7 +63,11 @@ class ModelAdapter(struct.PyTreeNode):
         return out * self.embed_scale if self.embed_scale != 1.0 else out
 
     # ------------------------------------------------------------------ forward
-    def logits(
+    def logits(self, **kwargs) -> jax.Array:
+        """Teacher-forced logits ``[B, L, V]``; see :meth:`forward` for the arguments."""
+        return self.forward(**kwargs)["logits"]
+
+    def forward(
         self,
         *,
         target_ids: jax.Array,
@@ -73,14 +77,24 @@ class ModelAdapter(struct.PyTreeNode):
         source_mask: Optional[jax.Array] = None,
         source_embeds: Optional[jax.Array] = None,
         dropout_rng: Optional[jax.Array] = None,
-    ) -> jax.Array:
-        """Teacher-forced logits ``[B, L, V]``; ``logits[:, i]`` predicts target token ``i+1``.
+        site: Optional[tuple] = None,
+        site_value: Optional[jax.Array] = None,
+        output_attentions: bool = False,
+    ) -> dict:
+        """One teacher-forced forward; ``logits[:, i]`` predicts target token ``i+1``.
 
         Decoder-only: ``target_*`` is the whole sequence (prompt + continuation). Encoder-
         decoder: ``source_*`` feeds the encoder, ``target_*`` (starting with the decoder start
         token) the decoder. Given ``*_embeds`` replace the embedding lookup of that side
         (intercepted inside the traced function), which is what attribution differentiates.
         ``dropout_rng`` turns dropout on (train mode), e.g. for MC-dropout targets.
+
+        ``site`` (a module path tuple) captures that module's output (its first element when
+        the module returns a tuple), returned as ``"site"`` ``[B, L, H_site]``; with
+        ``site_value`` the output is replaced by it (layer attribution).
+        ``output_attentions`` adds the model's attention weights under ``"attentions"``.
+
+        Returns ``{"logits": [B, L, V], "site": array or None, "attentions": dict or None}``.
         """
         replacements = {"encoder": source_embeds, "decoder": target_embeds}
         roles: dict[tuple, list] = {}
@@ -88,11 +102,27 @@ class ModelAdapter(struct.PyTreeNode):
             roles.setdefault(tuple(self.encoder_path), []).append("encoder")
         roles.setdefault(tuple(self.decoder_path), []).append("decoder")
         calls: dict[tuple, int] = {}
+        site = tuple(site) if site is not None else None
+        captured: dict = {}
+        seen_paths: list = []
 
         def interceptor(next_fun, args, kwargs, context):
             if context.method_name != "__call__":
                 return next_fun(*args, **kwargs)
             path = tuple(context.module.path)
+            if site is not None and path == site and "site" not in captured:
+                out = next_fun(*args, **kwargs)
+                first = out[0] if isinstance(out, tuple) else out
+                captured["site"] = first
+                if site_value is None:
+                    return out
+                if tuple(site_value.shape) != tuple(first.shape):
+                    raise ValueError(f"site value of shape {site_value.shape} does not match "
+                                     f"the output {first.shape} of {'/'.join(path)}.")
+                value = site_value.astype(first.dtype)
+                return (value,) + tuple(out[1:]) if isinstance(out, tuple) else value
+            if site is not None and path not in seen_paths:
+                seen_paths.append(path)
             if path not in roles:
                 return next_fun(*args, **kwargs)
             n = calls.get(path, 0)
@@ -111,6 +141,8 @@ class ModelAdapter(struct.PyTreeNode):
         kwargs = dict(params=self.params)
         if dropout_rng is not None:
             kwargs.update(dropout_rng=dropout_rng, train=True)
+        if output_attentions:
+            kwargs["output_attentions"] = True
         with nn.intercept_methods(interceptor):
             if self.is_encoder_decoder:
                 out = self.hf_model(
@@ -124,7 +156,15 @@ class ModelAdapter(struct.PyTreeNode):
                     f"The embedding module {'/'.join(path)} was called {calls.get(path, 0)} "
                     f"time(s) but {len(role_list)} call(s) were expected; this model class does "
                     "not use the path of jaxattr's table. Pass `embedding_paths=` to load_model.")
-        return out.logits
+        if site is not None and "site" not in captured:
+            names = ["/".join(p) for p in seen_paths if p]
+            raise ValueError(f"No module at layer path {'/'.join(site)!r} was called. Module "
+                             f"paths called in a forward pass: {names}.")
+        attentions = None
+        if output_attentions:
+            keys = ("attentions", "encoder_attentions", "decoder_attentions", "cross_attentions")
+            attentions = {k: getattr(out, k) for k in keys if getattr(out, k, None) is not None}
+        return {"logits": out.logits, "site": captured.get("site"), "attentions": attentions}
 
 
 def seen_embedding_paths(hf_model, *, is_encoder_decoder: bool) -> list:

@@ -4,16 +4,25 @@ Nothing here imports transformers or flax: every method works on any JAX functio
 """
 from ._vjp import per_output_grads
 from .gradient import input_x_gradient, saliency
+from .gradient_shap import gradient_shap
 from .integrated_gradients import integrated_gradients
+from .noise_tunnel import NOISE_TUNNEL_TYPES, noise_tunnel, smoothgrad, smoothgrad_sq, vargrad
+from .occlusion import occlusion
 from .quadrature import QUADRATURE_RULES, quadrature
+from .sequential_integrated_gradients import sequential_integrated_gradients
 
 __all__ = ["per_output_grads", "saliency", "input_x_gradient", "integrated_gradients",
+           "gradient_shap", "sequential_integrated_gradients", "occlusion",
+           "smoothgrad", "smoothgrad_sq", "vargrad", "noise_tunnel", "NOISE_TUNNEL_TYPES",
            "quadrature", "QUADRATURE_RULES", "METHODS", "get_method"]
 
 METHODS = {
     "saliency": saliency,
     "input_x_gradient": input_x_gradient,
     "integrated_gradients": integrated_gradients,
+    "gradient_shap": gradient_shap,
+    "sequential_integrated_gradients": sequential_integrated_gradients,
+    "occlusion": occlusion,
 }
 
 

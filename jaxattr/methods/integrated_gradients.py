@@ -5,8 +5,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-
+from ._common import plain, resolve_baseline, weighted_sum
 from ._vjp import per_output_grads
 from .quadrature import quadrature
 
@@ -32,7 +31,8 @@ def integrated_gradients(
     Args:
       score_fn: ``x -> scores[..., T]`` (``(scores, aux)`` when ``has_aux``).
       x: array or pytree of arrays.
-      baseline: same structure as ``x``; ``None`` means zeros.
+      baseline: same structure as ``x`` (or one array/scalar for every leaf), broadcast to
+        ``x``'s shapes; ``None`` means zeros.
       n_steps: quadrature nodes.
       method: ``gausslegendre`` (default) or ``riemann_left|right|middle|trapezoid``.
       internal_batch_size: interpolation steps evaluated at once. ``None`` vmaps all
@@ -47,50 +47,32 @@ def integrated_gradients(
       ``attributions`` (``[T, *leaf.shape]`` per leaf), then ``delta`` if requested, then
       ``aux`` if ``has_aux`` — as a tuple when more than one is returned.
     """
-    if baseline is None:
-        baseline = _tmap(jnp.zeros_like, x)
+    baseline = resolve_baseline(x, baseline)
     alphas, weights = quadrature(n_steps, method)
     diff = _tmap(lambda a, b: a - b, x, baseline)
-    plain_fn = (lambda z: score_fn(z)[0]) if has_aux else score_fn
+    plain_fn = plain(score_fn, has_aux)
 
-    def weighted_step_grads(alpha, weight):
+    def step_grads(alpha):
         xa = _tmap(lambda b, d: b + alpha.astype(d.dtype) * d, baseline, diff)
-        _, g, _ = per_output_grads(plain_fn, xa, output_batch_size=output_batch_size)
-        return _tmap(lambda gi: gi * weight.astype(gi.dtype), g)
+        return per_output_grads(plain_fn, xa, output_batch_size=output_batch_size)[1]
 
-    if internal_batch_size is None or internal_batch_size >= len(alphas):
-        per_step = jax.vmap(weighted_step_grads)(jnp.asarray(alphas), jnp.asarray(weights))
-        total = _tmap(lambda g: g.sum(0), per_step)
-    else:
-        k = int(internal_batch_size)
-        if k < 1:
-            raise ValueError(f"internal_batch_size must be >= 1, got {internal_batch_size}.")
-        n_chunks = -(-len(alphas) // k)
-        pad = n_chunks * k - len(alphas)
-        a = np.concatenate([alphas, np.zeros(pad)]).reshape(n_chunks, k)
-        w = np.concatenate([weights, np.zeros(pad)]).reshape(n_chunks, k)
-
-        def body(carry, chunk):
-            ga = jax.vmap(weighted_step_grads)(*chunk)
-            return _tmap(lambda c, g: c + g.sum(0), carry, ga), None
-
-        init = jax.eval_shape(weighted_step_grads, jnp.float32(0), jnp.float32(0))
-        init = _tmap(lambda s: jnp.zeros(s.shape, s.dtype), init)
-        total, _ = jax.lax.scan(body, init, (jnp.asarray(a), jnp.asarray(w)))
-
+    total = weighted_sum(step_grads, jnp.asarray(alphas), jnp.asarray(weights),
+                         internal_batch_size)
     attr = _tmap(lambda g, d: g * d[None], total, diff)
     outputs = [attr]
-    need_scores = return_convergence_delta or has_aux
-    if need_scores:
+    if return_convergence_delta or has_aux:
         out_x = score_fn(x)
         scores_x, aux = out_x if has_aux else (out_x, None)
     if return_convergence_delta:
-        scores_b = plain_fn(baseline)
-        n_out = scores_x.shape[-1]
-        lead = tuple(range(scores_x.ndim - 1))
-        change = (scores_x - scores_b).sum(axis=lead) if lead else scores_x - scores_b
-        attr_sum = sum(a.reshape(n_out, -1).sum(-1) for a in jax.tree_util.tree_leaves(attr))
-        outputs.append(attr_sum - change)
+        outputs.append(convergence_delta(attr, scores_x, plain_fn(baseline)))
     if has_aux:
         outputs.append(aux)
     return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def convergence_delta(attr: Any, scores_x: jax.Array, scores_baseline: jax.Array) -> jax.Array:
+    """``δ[T] = Σ attr[t] − Σ_{leading} (s(x)[..., t] − s(x')[..., t])`` (Captum's sign)."""
+    n_out = scores_x.shape[-1]
+    change = (scores_x - scores_baseline).reshape(-1, n_out).sum(0)
+    attr_sum = sum(a.reshape(n_out, -1).sum(-1) for a in jax.tree_util.tree_leaves(attr))
+    return attr_sum - change
