@@ -237,12 +237,18 @@ def reduce_hidden(x, how: Union[str, Callable] = "vnorm"):
 
     Args:
       x: a result. Host view: ``[R, T, H] -> [R, T]`` (already 2-D arrays pass through).
-        ``BatchAttribution``: ``[B, S, T, H] -> [B, S, T]`` (``jit``-safe).
+        ``BatchAttribution``: ``[B, S, T, H] -> [B, S, T]`` (``jit``-safe). Several trailing
+        axes (attention's ``[layers, heads]``) are reduced together.
       how: ``"vnorm"`` (L2 norm, default), ``"sum"``, ``"mean"``, ``"absmax"`` or a function
         ``[..., H] -> [...]``.
     """
-    fn = _resolve_reduction(how)
+    base = _resolve_reduction(how)
     kind = _kind(x)
+    keep = 3 if kind == "batch" else 2  # leading axes: ([B,] rows, cols)
+
+    def fn(a):  # several trailing axes (attention: [layers, heads]) are reduced together
+        return base(a.reshape(a.shape[:keep] + (-1,)) if a.ndim > keep + 1 else a)
+
     if kind == "out":
         return _over_output(x, lambda s: reduce_hidden(s, how),
                             lambda b: reduce_hidden(b, how), _describe("reduce_hidden", how=how))

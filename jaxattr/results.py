@@ -199,8 +199,11 @@ class AttributionOutput:
         return iter(self.sequence_attributions)
 
     def aggregate(self, aggregator: Any = None, **kwargs) -> "AttributionOutput":
-        """Aggregate every sequence (default: L2 over hidden, each column sums to 1)."""
+        """Aggregate every sequence (default: L2 over hidden — mean over layers and heads for
+        ``method="attention"`` —, then each column sums to 1)."""
         info = dict(self.info)
+        if aggregator is None and info.get("method") == "attention":
+            aggregator = "mean"
         name = aggregator if isinstance(aggregator, str) or aggregator is None else getattr(
             aggregator, "__name__", "custom")
         info["aggregations"] = list(info.get("aggregations", [])) + [
