@@ -1,6 +1,7 @@
 """``AttributionModel``: texts in, attributions out (host side), over the jitted pipeline."""
 from __future__ import annotations
 
+import os
 from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
@@ -458,7 +459,8 @@ def load_model(name_or_path: Any, *, tokenizer: Any = None, dtype: Any = None,
     """Load a model for attribution.
 
     Args:
-      name_or_path: hub id, local directory (Flax ``flax_model.msgpack`` or PyTorch
+      name_or_path: bundled model name (``"toy-recall"``, ``"toy-mt"``; see
+        :mod:`jaxattr.zoo`), hub id, local directory (Flax ``flax_model.msgpack`` or PyTorch
         ``model.safetensors`` weights; the latter are converted with ``from_pt=True``), or an
         already built ``transformers`` Flax model instance.
       tokenizer: a tokenizer instance or name; default: the checkpoint's own.
@@ -467,6 +469,10 @@ def load_model(name_or_path: Any, *, tokenizer: Any = None, dtype: Any = None,
       **model_kwargs: passed to ``from_pretrained``.
     """
     _compat.apply()
+    if isinstance(name_or_path, str) and not os.path.exists(name_or_path):
+        from . import zoo
+        if name_or_path in zoo.BUNDLED:
+            name_or_path = zoo.path(name_or_path)
     if isinstance(name_or_path, str):
         from .loading import load_hf_model
         hf_model, _ = load_hf_model(name_or_path, dtype=dtype, **model_kwargs)
