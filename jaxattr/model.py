@@ -1,6 +1,8 @@
 """``AttributionModel``: texts in, attributions out (host side), over the jitted pipeline."""
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import os
 from typing import Any, Callable, Optional, Sequence, Union
 
@@ -193,6 +195,8 @@ class AttributionModel:
         generation_args: Optional[dict] = None,
         show_progress: bool = True,
         baseline: Any = "unk",
+        granular: bool = True,
+        mesh: Any = None,
         contrast_targets: Union[str, Sequence[str], None] = None,
         contrast_sources: Union[str, Sequence[str], None] = None,
         contrast_targets_alignments: Optional[Sequence] = None,
@@ -233,6 +237,13 @@ class AttributionModel:
             prefix) instead of reading the contrast token from the original forward (Inseq's
             default). Implied by ``contrast_sources`` and by targets that need
             ``contrast_logits`` (``kl_divergence``, ``pcxmi`` …).
+          granular: keep per-hidden-unit attributions. ``False`` reduces the hidden axis inside
+            the compiled program with ``aggregator=`` (``"vnorm"`` default, ``"sum"``,
+            ``"mean"``, ``"absmax"``), which cuts result memory by the hidden size; views are
+            then ``[rows, steps]`` (not normalised; ``aggregate()`` normalises).
+          mesh: shard batches over devices: ``"auto"`` (all local devices), a
+            ``jax.sharding.Mesh`` with a ``"batch"`` axis, or ``None`` (default device).
+            Parameters are replicated; each batch is padded to a multiple of the device count.
           jit: use the compiled pipeline (``False`` runs eagerly, for debugging).
           **kwargs: method options (``n_steps``, ``internal_batch_size``, ``abs``,
             ``quadrature`` for the IG rule …) and options of the attributed function and step
@@ -243,8 +254,79 @@ class AttributionModel:
           :class:`~jaxattr.results.AttributionOutput` with one
           :class:`~jaxattr.results.SequenceAttribution` per input.
         """
+        plan = self._plan(
+            input_texts, generated_texts, method=method, attributed_fn=attributed_fn,
+            step_scores=step_scores, attribute_target=attribute_target,
+            attr_pos_start=attr_pos_start, attr_pos_end=attr_pos_end, batch_size=batch_size,
+            generation_args=generation_args, baseline=baseline,
+            contrast_targets=contrast_targets, contrast_sources=contrast_sources,
+            contrast_targets_alignments=contrast_targets_alignments,
+            contrast_force_inputs=contrast_force_inputs, granular=granular, mesh=mesh,
+            kwargs=kwargs)
+        views: list = [None] * len(plan.seqs)
+        batches = []
+        it = plan.chunks
+        if show_progress and len(plan.chunks) > 1:
+            from tqdm.auto import tqdm
+            it = tqdm(plan.chunks, desc="Attributing", unit="batch")
+        for chunk in it:
+            batch = self._batch(plan, chunk)
+            result = attribute_batch(self._placed_adapter(plan.mesh), batch, plan.baseline_arrays,
+                                     jit=jit, **plan.call)
+            batches.append(result)
+            host = jax.device_get(result)
+            for row, i in enumerate(chunk):
+                views[i] = self._sequence_view(host, row, plan.seqs[i])
+        return AttributionOutput(views, plan.info, batches)
+
+    def estimate_memory(self, input_texts, generated_texts=None, **attribute_kwargs) -> dict:
+        """Peak memory of the compiled program for the largest batch of an ``attribute`` call,
+        from XLA's memory analysis, without running it.
+
+        Takes the arguments of :meth:`attribute`. Returns bytes: ``{"argument", "output",
+        "temp", "generated_code", "total", "n_batches", "batch_shape"}`` where ``total`` is
+        arguments + outputs + temporaries (the peak is bounded by ``batch_size`` and, for IG,
+        ``internal_batch_size``).
+        """
+        attribute_kwargs.pop("show_progress", None)
+        attribute_kwargs.pop("jit", None)
+        names = ("method", "attributed_fn", "step_scores", "attribute_target", "attr_pos_start",
+                 "attr_pos_end", "batch_size", "generation_args", "baseline",
+                 "contrast_targets", "contrast_sources", "contrast_targets_alignments",
+                 "contrast_force_inputs", "granular", "mesh")
+        defaults = dict(method="saliency", attributed_fn="probability", step_scores=(),
+                        attribute_target=False, attr_pos_start=None, attr_pos_end=None,
+                        batch_size=None, generation_args=None, baseline="unk",
+                        contrast_targets=None, contrast_sources=None,
+                        contrast_targets_alignments=None, contrast_force_inputs=False,
+                        granular=True, mesh=None)
+        opts = {k: attribute_kwargs.pop(k, defaults[k]) for k in names}
+        plan = self._plan(input_texts, generated_texts, kwargs=attribute_kwargs, **opts)
+        chunk = max(plan.chunks, key=lambda c: max(len(plan.seqs[i].target_ids) for i in c))
+        batch = self._batch(plan, chunk)
+        from .pipeline import compiled_attribute
+        compiled = compiled_attribute(self._placed_adapter(plan.mesh), batch,
+                                      plan.baseline_arrays, **plan.call)
+        m = compiled.memory_analysis()
+        out = {"argument": int(m.argument_size_in_bytes), "output": int(m.output_size_in_bytes),
+               "temp": int(m.temp_size_in_bytes),
+               "generated_code": int(m.generated_code_size_in_bytes)}
+        out["total"] = out["argument"] + out["output"] + out["temp"]
+        out["n_batches"] = len(plan.chunks)
+        out["batch_shape"] = tuple(batch.target_ids.shape)
+        return out
+
+    def _plan(self, input_texts, generated_texts, *, method, attributed_fn, step_scores,
+              attribute_target, attr_pos_start, attr_pos_end, batch_size, generation_args,
+              baseline, contrast_targets, contrast_sources, contrast_targets_alignments,
+              contrast_force_inputs, granular, mesh, kwargs) -> "_Plan":
+        """Host-side preparation of an ``attribute`` call: validation, tokenisation, routing of
+        keyword arguments, batches, and the static arguments of the compiled pipeline."""
+        kwargs = dict(kwargs)
         texts = _as_list(input_texts, "input_texts")
         layer = kwargs.pop("layer", None)
+        aggregator = kwargs.pop("aggregator", None) or (
+            "mean" if method == "attention" else "vnorm")
         if layer is not None:
             layer = tuple(layer.split("/")) if isinstance(layer, str) else tuple(layer)
         if method == "attention":
@@ -278,6 +360,11 @@ class AttributionModel:
                                                   or "contrast_logits" in needs))
         n_dropout = max([_kwarg(fn, kw, "n_mcd_steps") for fn, kw in fn_kwargs
                          if "dropout_logits" in target_needs(fn)] or [0])
+        if not granular:
+            from .aggregate import REDUCTIONS
+            if aggregator not in REDUCTIONS:
+                raise ValueError(f"Unknown aggregator {aggregator!r} for granular=False; "
+                                 f"choose one of {sorted(REDUCTIONS)}.")
         if generated_texts is None:
             seqs = self._encode_generated(texts, batch_size=batch_size,
                                           generation_args=generation_args,
@@ -294,7 +381,7 @@ class AttributionModel:
         attribute_target = attribute_target or not self.is_encoder_decoder
 
         uses_baseline = (method_fn != "attention"
-                         and "baseline" in __import__("inspect").signature(method_fn).parameters)
+                         and "baseline" in inspect.signature(method_fn).parameters)
         baseline_ids_kind, baseline_arrays = None, None
         if uses_baseline:
             if isinstance(baseline, str):
@@ -305,39 +392,21 @@ class AttributionModel:
             elif baseline is not None:
                 baseline_arrays = jax.numpy.asarray(baseline)
 
+        mesh = _resolve_mesh(mesh)
         order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i].target_ids),
                                                          len(seqs[i].source_ids or ())))
         bs = batch_size or len(seqs)
         chunks = [order[i:i + bs] for i in range(0, len(order), bs)]
-        views: list = [None] * len(seqs)
-        batches = []
-        it = chunks
-        if show_progress and len(chunks) > 1:
-            from tqdm.auto import tqdm
-            it = tqdm(chunks, desc="Attributing", unit="batch")
-        for chunk in it:
-            arrays = pad_batch([seqs[i] for i in chunk], pad_id=self.pad_token_id,
-                               batch_size=bs if len(chunks) > 1 else None,
-                               max_positions=self.max_positions)
-            if contrasts is not None:
-                arrays.update(pad_contrast(
-                    [seqs[i] for i in chunk], [contrasts[i] for i in chunk],
-                    [alignments[i] for i in chunk], n_rows=arrays["target_ids"].shape[0],
-                    n_steps=arrays["step_mask"].shape[1], pad_id=self.pad_token_id,
-                    max_positions=self.max_positions))
-            if baseline_ids_kind is not None:
-                arrays.update(self._baseline_ids(arrays, baseline_ids_kind))
-            batch = ModelBatch(**{k: jax.numpy.asarray(v) for k, v in arrays.items()})
-            result = attribute_batch(
-                self.adapter, batch, baseline_arrays, method=method_fn,
-                method_kwargs=_hashable(routed.get("method", {})), target_fn=target_fn,
-                target_kwargs=_hashable(routed["attributed_fn"]), step_fns=step_fns,
-                attribute_source=attribute_source, attribute_target=attribute_target,
-                contrast_forward=contrast_forward, n_dropout=n_dropout, layer=layer, jit=jit)
-            batches.append(result)
-            host = jax.device_get(result)
-            for row, i in enumerate(chunk):
-                views[i] = self._sequence_view(host, row, seqs[i])
+        rows = bs if len(chunks) > 1 else len(chunks[0])
+        if mesh is not None:  # every device gets the same number of rows
+            n_dev = mesh.devices.size
+            rows = -(-rows // n_dev) * n_dev
+        call = dict(method=method_fn, method_kwargs=_hashable(routed.get("method", {})),
+                    target_fn=target_fn, target_kwargs=_hashable(routed["attributed_fn"]),
+                    step_fns=step_fns, attribute_source=attribute_source,
+                    attribute_target=attribute_target, contrast_forward=contrast_forward,
+                    n_dropout=n_dropout, layer=layer,
+                    reduce_hidden=None if granular else aggregator)
         info = {
             "model": self.name,
             "model_class": type(self.hf_model).__name__,
@@ -353,12 +422,46 @@ class AttributionModel:
             "attributed_fn_kwargs": dict(routed["attributed_fn"]),
             "attribute_target": bool(attribute_target),
             "baseline": baseline if isinstance(baseline, str) or baseline is None else "array",
+            "granular": bool(granular),
+            "aggregator": None if granular else aggregator,
             "batch_size": batch_size,
             "generation_args": dict(generation_args or {}),
             "batch_rows": [list(c) for c in chunks],
             "jaxattr_version": __import__("jaxattr").__version__,
         }
-        return AttributionOutput(views, info, batches)
+        return _Plan(seqs=seqs, contrasts=contrasts, alignments=alignments, chunks=chunks,
+                     rows=rows, baseline_ids_kind=baseline_ids_kind,
+                     baseline_arrays=baseline_arrays, call=call, info=info, mesh=mesh)
+
+    def _batch(self, plan: "_Plan", chunk) -> ModelBatch:
+        """Padded device arrays of one chunk of the plan (sharded over ``plan.mesh``)."""
+        seqs = [plan.seqs[i] for i in chunk]
+        arrays = pad_batch(seqs, pad_id=self.pad_token_id, batch_size=plan.rows,
+                           max_positions=self.max_positions)
+        if plan.contrasts is not None:
+            arrays.update(pad_contrast(
+                seqs, [plan.contrasts[i] for i in chunk], [plan.alignments[i] for i in chunk],
+                n_rows=arrays["target_ids"].shape[0], n_steps=arrays["step_mask"].shape[1],
+                pad_id=self.pad_token_id, max_positions=self.max_positions))
+        if plan.baseline_ids_kind is not None:
+            arrays.update(self._baseline_ids(arrays, plan.baseline_ids_kind))
+        batch = ModelBatch(**{k: jax.numpy.asarray(v) for k, v in arrays.items()})
+        if plan.mesh is not None:
+            from jax.sharding import NamedSharding, PartitionSpec
+            batch = jax.device_put(batch, NamedSharding(plan.mesh, PartitionSpec("batch")))
+        return batch
+
+    def _placed_adapter(self, mesh):
+        """The adapter, with parameters replicated over ``mesh`` when one is given."""
+        if mesh is None:
+            return self.adapter
+        cache = self.__dict__.setdefault("_replicated", {})
+        key = id(mesh)
+        if key not in cache:
+            from jax.sharding import NamedSharding, PartitionSpec
+            cache[key] = (mesh, jax.device_put(self.adapter,
+                                               NamedSharding(mesh, PartitionSpec())))
+        return cache[key][1]
 
     def _encode_contrast(self, seqs, contrast_targets, contrast_sources, alignments):
         """Tokenise contrast targets/sources and align them to ``seqs``' positions."""
@@ -432,6 +535,35 @@ class AttributionModel:
             attr_pos_start=seq.attr_start, attr_pos_end=seq.attr_end,
             source_ids=list(seq.source_ids) if seq.source_ids is not None else None,
             target_ids=list(seq.target_ids))
+
+
+@dataclasses.dataclass
+class _Plan:
+    """Host-side preparation of one ``attribute`` call (see ``AttributionModel._plan``)."""
+    seqs: list
+    contrasts: Optional[list]
+    alignments: Optional[list]
+    chunks: list
+    rows: int
+    baseline_ids_kind: Optional[str]
+    baseline_arrays: Any
+    call: dict
+    info: dict
+    mesh: Any = None
+
+
+def _resolve_mesh(mesh):
+    """``None`` | ``"auto"`` | ``Mesh`` -> ``Mesh`` with a ``"batch"`` axis (or ``None``)."""
+    if mesh is None:
+        return None
+    from jax.sharding import Mesh
+    if isinstance(mesh, str):
+        if mesh != "auto":
+            raise ValueError(f"mesh must be None, 'auto' or a jax.sharding.Mesh, got {mesh!r}.")
+        return Mesh(np.array(jax.devices()), ("batch",))
+    if "batch" not in mesh.axis_names:
+        raise ValueError(f"the mesh needs an axis named 'batch'; it has {mesh.axis_names}.")
+    return mesh
 
 
 def _kwarg(fn, given: dict, name: str):

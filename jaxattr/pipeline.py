@@ -18,7 +18,8 @@ from .adapters import ModelAdapter
 from .results import BatchAttribution
 from .targets import TargetBatch
 
-__all__ = ["ModelBatch", "attribute_batch", "split_kwargs", "keyword_names"]
+__all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs",
+           "keyword_names"]
 
 
 @struct.dataclass
@@ -107,7 +108,8 @@ def _site_side(layer: tuple) -> str:
 
 def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, method, method_kwargs,
                     target_fn, target_kwargs, step_fns, attribute_source, attribute_target,
-                    contrast_forward=False, n_dropout=0, dropout_seed=0, layer=None):
+                    contrast_forward=False, n_dropout=0, dropout_seed=0, layer=None,
+                    reduce_hidden=None):
     tgt_embeds = adapter.embed(batch.target_ids, side="decoder")
     src_embeds = (adapter.embed(batch.source_ids, side="encoder")
                   if adapter.is_encoder_decoder else None)
@@ -177,14 +179,20 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
         base_scores = score_fn(base_x)[0]
         total = sum(a.reshape(a.shape[:2] + (-1,)).sum(-1) for a in attr.values())  # [T, B]
         step_scores["deltas"] = (total.T - (scores - base_scores)) * batch.step_mask
-    return _assemble(attr, batch, step_scores, attribute_source, attribute_target)
+    return _assemble(attr, batch, step_scores, attribute_source, attribute_target,
+                     reduce_hidden)
 
 
 def _assemble(attr: dict, batch: ModelBatch, step_scores: dict, attribute_source: bool,
-              attribute_target: bool) -> BatchAttribution:
-    """``{"source"|"target": [T, B, R, ...]}`` -> masked :class:`BatchAttribution`."""
+              attribute_target: bool, reduce_hidden: Optional[str] = None) -> BatchAttribution:
+    """``{"source"|"target": [T, B, R, ...]}`` -> masked :class:`BatchAttribution`; with
+    ``reduce_hidden`` the trailing axes are reduced inside the program (``granular=False``)."""
     def cols(a):  # [T, B, R, ...] -> [B, R, T, ...]
-        return jnp.moveaxis(a, 0, 2)
+        a = jnp.moveaxis(a, 0, 2)
+        if reduce_hidden is not None:
+            from .aggregate import REDUCTIONS
+            a = REDUCTIONS[reduce_hidden](a.reshape(a.shape[:3] + (-1,)))
+        return a
 
     def expand(m, nd):
         return m.reshape(m.shape + (1,) * (nd - m.ndim))
@@ -205,7 +213,8 @@ def _assemble(attr: dict, batch: ModelBatch, step_scores: dict, attribute_source
 
 
 def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, target_kwargs,
-                    step_fns, attribute_source, attribute_target, contrast_forward=False):
+                    step_fns, attribute_source, attribute_target, contrast_forward=False,
+                    reduce_hidden=None):
     """Attention weights as attributions, from the same single forward.
 
     Result trailing axes are ``[layers, heads]``: decoder-only, the self-attention of the
@@ -238,7 +247,8 @@ def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, targ
     else:
         attr["target"] = per_step(att["attentions"])
         attribute_target = True
-    return _assemble(attr, batch, step_scores, attribute_source, attribute_target)
+    return _assemble(attr, batch, step_scores, attribute_source, attribute_target,
+                     reduce_hidden)
 
 
 def _baseline(adapter, batch, baseline, x):
@@ -263,10 +273,11 @@ def _traced(*args, **kwargs):
 
 _attribute_jit = jax.jit(_traced, static_argnames=(
     "method", "method_kwargs", "target_fn", "target_kwargs", "step_fns", "attribute_source",
-    "attribute_target", "contrast_forward", "n_dropout", "dropout_seed", "layer"))
+    "attribute_target", "contrast_forward", "n_dropout", "dropout_seed", "layer",
+    "reduce_hidden"))
 _attention_jit = jax.jit(_attention_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
-    "contrast_forward"))
+    "contrast_forward", "reduce_hidden"))
 
 
 def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, *,
@@ -274,7 +285,7 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                     target_kwargs: tuple = (), step_fns: tuple = (), attribute_source: bool,
                     attribute_target: bool, contrast_forward: bool = False, n_dropout: int = 0,
                     dropout_seed: int = 0, layer: Optional[tuple] = None,
-                    jit: bool = True) -> BatchAttribution:
+                    reduce_hidden: Optional[str] = None, jit: bool = True) -> BatchAttribution:
     """Attribute one padded batch.
 
     Args:
@@ -299,14 +310,26 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
     Returns:
       A :class:`BatchAttribution` of device arrays.
     """
+    fn, args, kwargs = _call(adapter, batch, baseline, jit=jit, method=method,
+                             method_kwargs=method_kwargs, target_fn=target_fn,
+                             target_kwargs=target_kwargs, step_fns=step_fns,
+                             attribute_source=attribute_source, attribute_target=attribute_target,
+                             contrast_forward=contrast_forward, n_dropout=n_dropout,
+                             dropout_seed=dropout_seed, layer=layer, reduce_hidden=reduce_hidden)
+    return fn(*args, **kwargs)
+
+
+def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,
+          method_kwargs=(), **common):
     if method == "attention":
-        fn = _attention_jit if jit else _attention_impl
-        return fn(adapter, batch, target_fn=target_fn, target_kwargs=target_kwargs,
-                  step_fns=step_fns, attribute_source=attribute_source,
-                  attribute_target=attribute_target, contrast_forward=contrast_forward)
-    fn = _attribute_jit if jit else _attribute_impl
-    return fn(adapter, batch, baseline, method=method, method_kwargs=method_kwargs,
-              target_fn=target_fn, target_kwargs=target_kwargs, step_fns=step_fns,
-              attribute_source=attribute_source, attribute_target=attribute_target,
-              contrast_forward=contrast_forward, n_dropout=n_dropout, dropout_seed=dropout_seed,
-              layer=layer)
+        return (_attention_jit if jit else _attention_impl), (adapter, batch), common
+    return ((_attribute_jit if jit else _attribute_impl), (adapter, batch, baseline),
+            dict(common, method=method, method_kwargs=method_kwargs, n_dropout=n_dropout,
+                 dropout_seed=dropout_seed, layer=layer))
+
+
+def compiled_attribute(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, **kw):
+    """Lower and compile the pipeline for ``batch`` without running it (the
+    ``jax.stages.Compiled`` object: ``memory_analysis()``, ``cost_analysis()``)."""
+    fn, args, kwargs = _call(adapter, batch, baseline, jit=True, **kw)
+    return fn.lower(*args, **kwargs).compile()
