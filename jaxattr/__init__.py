@@ -14,6 +14,7 @@ Models::
 __version__ = "0.1.0"
 
 from . import _compat, aggregate, methods, targets
+from ._cache import enable_compilation_cache
 from .adapters import ModelAdapter, make_adapter
 from .encoding import InputError
 from .loading import UnsupportedModelError, supported_architectures
@@ -34,7 +35,7 @@ __all__ = [
     "gradient_shap", "sequential_integrated_gradients", "occlusion",
     "smoothgrad", "smoothgrad_sq", "vargrad",
     # models
-    "load_model", "AttributionModel", "ModelAdapter", "make_adapter", "supported_architectures",
+    "load_model", "AttributionModel", "enable_compilation_cache", "ModelAdapter", "make_adapter", "supported_architectures",
     "ModelBatch", "attribute_batch",
     # targets
     "TargetBatch", "get_target", "register_target",

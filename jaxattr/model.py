@@ -53,6 +53,8 @@ class AttributionModel:
     def __init__(self, hf_model, tokenizer, *, name: Optional[str] = None,
                  embedding_paths: Optional[dict] = None):
         _compat.apply()
+        from ._cache import enable_compilation_cache
+        enable_compilation_cache()
         self.hf_model = hf_model
         self.tokenizer = tokenizer
         self.config = hf_model.config

@@ -72,3 +72,20 @@ def test_estimate_memory_is_bounded_by_internal_batch_size(marian):
     assert unchunked_64 > 2.5 * unchunked_16          # grows with n_steps
     assert chunked_64 <= 1.1 * chunked_16             # does not
     assert chunked_64 * 4 < unchunked_64
+
+
+def test_persistent_compilation_cache_is_on_and_configurable(tmp_path):
+    script = ("import jaxattr, jax\nfrom jaxattr.testing import make_model\n"
+              "m, t = make_model('gpt2')\n"
+              "jaxattr.load_model(m, tokenizer=t).attribute('The cat', 'The cat sat')\n"
+              "print('DIR', jax.config.jax_compilation_cache_dir)\n")
+    env = dict(os.environ, JAXATTR_CACHE_DIR=str(tmp_path / "xla"))
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert f"DIR {tmp_path / 'xla'}" in res.stdout
+    assert any((tmp_path / "xla").iterdir())  # compiled programs were stored
+    env["JAXATTR_CACHE_DIR"] = ""
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert "DIR None" in res.stdout
