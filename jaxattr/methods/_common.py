@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.special  # noqa: F401  (ndtr)
 import numpy as np
 
 _tmap = jax.tree_util.tree_map
@@ -152,11 +153,15 @@ def is_static_zero(stdevs: Any) -> bool:
     return all(isinstance(v, (int, float, np.number)) and v == 0 for v in vals)
 
 
-def add_noise(x: Any, key: jax.Array, stdevs: Any) -> Any:
+def draw_noise(x: Any, key: jax.Array, stdevs: Any, *, with_alpha: bool = False):
     """``x`` plus N(0, stdev²) noise per element (absolute stdev, as Captum's ``stdevs``).
 
-    ``stdevs`` is one number for every leaf or a sequence with one per leaf
-    (``tree_leaves`` order). A static zero adds nothing (no random draws).
+    ``stdevs`` is one number for every leaf or a sequence with one per leaf (``tree_leaves``
+    order); leaves whose stdev is a Python zero get no noise. With ``with_alpha`` a scalar
+    ``α ~ U(0, 1)`` is drawn too (``Φ(z)`` of one extra standard normal). Everything comes
+    from a single ``jax.random.normal`` call (each PRNG call is costly to compile).
+
+    Returns ``(noisy_x, alpha)`` (``alpha`` is ``None`` unless requested).
     """
     leaves, treedef = jax.tree_util.tree_flatten(x)
     if isinstance(stdevs, (tuple, list)):
@@ -165,12 +170,17 @@ def add_noise(x: Any, key: jax.Array, stdevs: Any) -> Any:
         sds = list(stdevs)
     else:
         sds = [stdevs] * len(leaves)
-    keys = jax.random.split(key, len(leaves))
-    out = []
-    for leaf, sd, k in zip(leaves, sds, keys):
-        if isinstance(sd, (int, float, np.number)) and sd == 0:
-            out.append(leaf)
-        else:
-            noise = jax.random.normal(k, jnp.shape(leaf), _acc_dtype(leaf.dtype))
-            out.append((leaf + sd * noise).astype(leaf.dtype))
-    return jax.tree_util.tree_unflatten(treedef, out)
+    noisy = [i for i, sd in enumerate(sds) if not is_static_zero(sd)]
+    sizes = [int(np.prod(jnp.shape(leaves[i]))) for i in noisy]
+    total = sum(sizes) + int(with_alpha)
+    if total == 0:
+        return x, None
+    dtype = jnp.result_type(jnp.float32, *[leaves[i].dtype for i in noisy])
+    z = jax.random.normal(key, (total,), dtype)
+    alpha = jax.scipy.special.ndtr(z[0]) if with_alpha else None
+    out, offset = list(leaves), int(with_alpha)
+    for i, size in zip(noisy, sizes):
+        noise = z[offset:offset + size].reshape(jnp.shape(leaves[i]))
+        out[i] = (leaves[i] + sds[i] * noise).astype(leaves[i].dtype)
+        offset += size
+    return jax.tree_util.tree_unflatten(treedef, out), alpha

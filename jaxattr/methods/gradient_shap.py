@@ -6,8 +6,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from ._common import (add_noise, as_key, is_static_zero, plain, resolve_baseline, weighted_sum,
-                      with_aux)
+from ._common import as_key, draw_noise, plain, resolve_baseline, weighted_sum, with_aux
 from ._vjp import per_output_grads
 
 __all__ = ["gradient_shap"]
@@ -46,8 +45,10 @@ def gradient_shap(
       baseline: like ``x`` (or one array/scalar broadcast to every leaf); ``None``: zeros.
       n_samples: Monte-Carlo samples.
       stdevs: absolute standard deviation of the input noise: one number, or one per leaf.
-      key: ``jax.random`` key or an integer seed. The result is deterministic given ``key``
-        and the input shapes.
+      key: ``jax.random`` key or an integer seed (``jax.random.key(seed)``). The result is
+        deterministic given ``key`` and the input shapes, and independent of
+        ``internal_batch_size`` for vmap-invariant key implementations (threefry, the
+        default; not ``rbg``).
       has_aux: ``score_fn`` returns ``(scores, aux)``; ``aux`` at ``x`` is returned too.
       internal_batch_size: samples evaluated at once (``None``: all, vmapped); smaller
         values scan over chunks and bound memory.
@@ -64,9 +65,7 @@ def gradient_shap(
         raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
 
     def sample(i):
-        k_alpha, k_noise = jax.random.split(jax.random.fold_in(key, i))
-        alpha = jax.random.uniform(k_alpha, ())
-        noisy = x if is_static_zero(stdevs) else add_noise(x, k_noise, stdevs)
+        noisy, alpha = draw_noise(x, jax.random.fold_in(key, i), stdevs, with_alpha=True)
         diff = _tmap(lambda xi, bi: xi - bi, noisy, baseline)
         point = _tmap(lambda bi, d: bi + alpha.astype(d.dtype) * d, baseline, diff)
         grads = per_output_grads(plain_fn, point, output_batch_size=output_batch_size)[1]

@@ -10,7 +10,9 @@ method is expected, including ``model.attribute(method=smoothgrad(saliency))``::
 Noise ``N(0, stdevs²)`` (absolute standard deviation, Captum's ``stdevs``) is added to ``x``
 only, never to a baseline. Samples are vmapped (or scanned in chunks of
 ``nt_samples_batch_size``); results are deterministic given ``key`` (a ``jax.random`` key or
-an integer seed, which keeps the settings hashable for the jitted pipeline).
+an integer seed, which keeps the settings hashable for the jitted pipeline) and, for
+vmap-invariant key implementations (threefry, the default; not ``rbg``), independent of
+``nt_samples_batch_size``. Sample ``k`` uses ``jax.random.fold_in(key, k)``.
 """
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from ._common import add_noise, as_key, is_static_zero, plain, weighted_sum, with_aux
+from ._common import as_key, draw_noise, is_static_zero, plain, weighted_sum, with_aux
 
 __all__ = ["smoothgrad", "smoothgrad_sq", "vargrad", "noise_tunnel", "NOISE_TUNNEL_TYPES"]
 
@@ -99,8 +101,8 @@ def _make(method, nt_type, n_samples, stdevs, key, nt_samples_batch_size):
             raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
 
         def sample(i):
-            noisy = x if is_static_zero(stdevs) else add_noise(
-                x, jax.random.fold_in(key, i), stdevs)
+            noisy = x if is_static_zero(stdevs) else draw_noise(
+                x, jax.random.fold_in(key, i), stdevs)[0]
             a = method(plain_fn, noisy, *args, **kwargs)
             if nt_type == "smoothgrad":
                 return a
