@@ -70,8 +70,10 @@ def test_embedding_replacement_is_the_models_own_lookup(arch):
     replaced = ad.logits(target_ids=tgt, target_mask=jnp.ones_like(tgt), **kw, **repl)
     np.testing.assert_allclose(plain, ref, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(replaced, ref, rtol=1e-5, atol=1e-5)
-    # the replacement is really used: perturbing each side changes the logits
+    # the replacement is really used: perturbing each side changes the logits (random noise:
+    # a constant shift would be removed by the first layer norm)
     for side, emb in repl.items():
-        bumped = dict(repl, **{side: emb + 0.5})
+        noise = jax.random.normal(jax.random.PRNGKey(0), emb.shape, emb.dtype)
+        bumped = dict(repl, **{side: emb + 0.5 * noise})
         moved = ad.logits(target_ids=tgt, target_mask=jnp.ones_like(tgt), **kw, **bumped)
         assert float(jnp.abs(moved - ref).max()) > 1e-4, side

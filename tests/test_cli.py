@@ -91,12 +91,12 @@ def test_dataset_resumes_after_interruption(model_dir, tmp_path, capsys):
 
 
 def test_dataset_survives_a_real_kill(model_dir, tmp_path):
-    src, out = tmp_path / "in.txt", tmp_path / "out.jsonl"
-    lines = [f"The cat sat on the mat number {i}" for i in range(24)]
-    src.write_text("\n".join(lines) + "\n")
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    lines = [{"p": f"The cat {i}", "g": f"The cat {i} sat on the mat"} for i in range(24)]
+    src.write_text("".join(json.dumps(r) + "\n" for r in lines))
     cmd = [sys.executable, "-m", "jaxattr.cli", "attribute-dataset", "--model", model_dir,
-           "--input-file", str(src), "--output", str(out), "--batch-size", "2",
-           "--max-new-tokens", "2", "--no-progress"]
+           "--input-file", str(src), "--input-field", "p", "--generated-field", "g",
+           "--output", str(out), "--batch-size", "2", "--no-progress"]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
