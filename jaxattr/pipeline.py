@@ -95,9 +95,9 @@ def _contrast_fields(adapter: ModelAdapter, batch: ModelBatch, contrast_forward:
         logits = adapter.logits(
             target_ids=batch.contrast_target_ids, target_mask=batch.contrast_target_mask,
             source_ids=batch.contrast_source_ids if has_own_source else batch.source_ids,
-            source_mask=batch.contrast_source_mask if has_own_source else batch.source_mask)
-        out["contrast_logits"] = jax.lax.stop_gradient(
-            _gather_steps(logits, batch.contrast_positions - 1))
+            source_mask=batch.contrast_source_mask if has_own_source else batch.source_mask,
+            positions=batch.contrast_positions - 1)
+        out["contrast_logits"] = jax.lax.stop_gradient(logits)
     return out
 
 
@@ -123,12 +123,13 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
         emb["target"] = tgt_embeds
 
     def run(embeds, *, site_value=None, dropout_rng=None):
+        # logits only at the positions that predict the attributed steps: [B, T, V]
         return adapter.forward(
             target_ids=batch.target_ids, target_mask=batch.target_mask,
             target_embeds=embeds.get("target", tgt_embeds),
             source_ids=batch.source_ids, source_mask=batch.source_mask,
             source_embeds=embeds.get("source", src_embeds), dropout_rng=dropout_rng,
-            site=layer, site_value=site_value)
+            site=layer, site_value=site_value, positions=batch.step_positions - 1)
 
     takes_baseline = "baseline" in inspect.signature(method).parameters
     if layer is None:
@@ -156,7 +157,7 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
         attribute_source, attribute_target = side == "source", side == "target"
 
     def step_logits_of(xd, dropout_rng=None):
-        return _gather_steps(forward(xd, dropout_rng), batch.step_positions - 1)  # [B,T,V]
+        return forward(xd, dropout_rng)  # [B, T, V]
 
     def score_fn(xd):
         step_logits = step_logits_of(xd)
@@ -223,11 +224,11 @@ def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, targ
     """
     out = adapter.forward(target_ids=batch.target_ids, target_mask=batch.target_mask,
                           source_ids=batch.source_ids, source_mask=batch.source_mask,
-                          output_attentions=True)
+                          output_attentions=True, positions=batch.step_positions - 1)
     step_ids = _gather_steps(batch.target_ids, batch.step_positions)
     tb = TargetBatch(target_ids=step_ids, step_mask=batch.step_mask,
                      **_contrast_fields(adapter, batch, contrast_forward))
-    step_logits = _gather_steps(out["logits"], batch.step_positions - 1)
+    step_logits = out["logits"]
     step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
                    for name, fn, kw in step_fns}
     att = out["attentions"]

@@ -46,6 +46,17 @@ def test_checkpoints_load_and_attribute(arch, tmp_path):
         assert np.isfinite(r1.source_attributions).all()
     p = r1.step_scores["probability"]
     assert ((p > 0) & (p < 1)).all()
+    # the step scores (logits gathered before the LM head) equal a plain HF forward's
+    tgt = jnp.asarray([r1.target_ids])
+    if arch in DECODER_ONLY:
+        logits = model(tgt).logits[0]
+    else:
+        src = jnp.asarray([r1.source_ids])
+        logits = model(src, decoder_input_ids=tgt).logits[0]
+    probs = jax.nn.softmax(logits, -1)
+    expect = [float(probs[q - 1, r1.target_ids[q]])
+              for q in range(r1.attr_pos_start, r1.attr_pos_end)]
+    np.testing.assert_allclose(p, expect, rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("arch", ARCHITECTURES)

@@ -80,6 +80,7 @@ class ModelAdapter(struct.PyTreeNode):
         site: Optional[tuple] = None,
         site_value: Optional[jax.Array] = None,
         output_attentions: bool = False,
+        positions: Optional[jax.Array] = None,
     ) -> dict:
         """One teacher-forced forward; ``logits[:, i]`` predicts target token ``i+1``.
 
@@ -94,8 +95,16 @@ class ModelAdapter(struct.PyTreeNode):
         ``site_value`` the output is replaced by it (layer attribution).
         ``output_attentions`` adds the model's attention weights under ``"attentions"``.
 
-        Returns ``{"logits": [B, L, V], "site": array or None, "attentions": dict or None}``.
+        ``positions[B, T]`` asks for the logits at those positions only: the hidden states are
+        gathered *before* the language-model head (the one ``nn.Dense`` with ``vocab_size``
+        features), so neither the head's matmul nor its backward pass runs over positions that
+        are not scored — for GPT-2-sized vocabularies the head is the largest matmul.
+
+        Returns ``{"logits": [B, L, V] (or [B, T, V] with positions), "site": array or None,
+        "attentions": dict or None}``.
         """
+        vocab = getattr(self.hf_model.config, "vocab_size", None)
+        head_calls: list = []
         replacements = {"encoder": source_embeds, "decoder": target_embeds}
         roles: dict[tuple, list] = {}
         if self.is_encoder_decoder:
@@ -109,6 +118,13 @@ class ModelAdapter(struct.PyTreeNode):
         def interceptor(next_fun, args, kwargs, context):
             if context.method_name != "__call__":
                 return next_fun(*args, **kwargs)
+            if (positions is not None and isinstance(context.module, nn.Dense)
+                    and context.module.features == vocab and len(args) == 1
+                    and getattr(args[0], "ndim", 0) == 3
+                    and args[0].shape[1] == target_ids.shape[1]):
+                head_calls.append(tuple(context.module.path))
+                idx = positions[..., None].astype(jnp.int32)
+                return next_fun(jnp.take_along_axis(args[0], idx, axis=1), **kwargs)
             path = tuple(context.module.path)
             if site is not None and path == site and "site" not in captured:
                 out = next_fun(*args, **kwargs)
@@ -160,11 +176,17 @@ class ModelAdapter(struct.PyTreeNode):
             names = ["/".join(p) for p in seen_paths if p]
             raise ValueError(f"No module at layer path {'/'.join(site)!r} was called. Module "
                              f"paths called in a forward pass: {names}.")
+        logits = out.logits
+        if positions is not None and len(head_calls) != 1:
+            if head_calls:
+                raise RuntimeError(f"found {len(head_calls)} language-model heads "
+                                   f"{head_calls}; expected one.")
+            logits = jnp.take_along_axis(logits, positions[..., None].astype(jnp.int32), 1)
         attentions = None
         if output_attentions:
             keys = ("attentions", "encoder_attentions", "decoder_attentions", "cross_attentions")
             attentions = {k: getattr(out, k) for k in keys if getattr(out, k, None) is not None}
-        return {"logits": out.logits, "site": captured.get("site"), "attentions": attentions}
+        return {"logits": logits, "site": captured.get("site"), "attentions": attentions}
 
 
 def seen_embedding_paths(hf_model, *, is_encoder_decoder: bool) -> list:
