@@ -1,19 +1,22 @@
-"""Contrastive attribution: why did the model say "blue" rather than "red"?
+"""Contrastive attribution: why did the model say this colour rather than a distractor's?
 
     python examples/contrastive.py
 
-``contrast_prob_diff`` attributes p(blue) - p(red) at the same step, so tokens that only make
-*some* colour likely cancel out and what remains is the evidence for blue over red. Unlike
-Inseq, this works with integrated gradients and with batches.
+``contrast_prob_diff`` attributes p(answer) - p(foil) at the same step (the foil: the colour
+of another fact in the prompt), so tokens that only make *some* colour likely cancel out and
+what remains is the evidence for the answer over the foil. Unlike Inseq, this works with
+integrated gradients and with batches.
 """
 import numpy as np
 
 import jaxattr
+from jaxattr.zoo import tasks
 
 model = jaxattr.load_model("toy-recall")
-prompts = ["Kim has a red ball. Sam has a blue cup. Sam has a",
-           "Omar has a green hat. Eva has a red box. Lena has a pink pen. Eva has a"]
-answers, foils = ["blue", "red"], ["red", "green"]
+examples = tasks.recall_examples(2, seed=2)
+prompts = [e["prompt"] for e in examples]
+answers = [e["answer"] for e in examples]
+foils = [e["distractor_colours"][0] for e in examples]
 out = model.attribute(prompts, [p + " " + a for p, a in zip(prompts, answers)],
                       method="integrated_gradients", n_steps=32,
                       attributed_fn="contrast_prob_diff",
