@@ -13,7 +13,7 @@ Models::
 """
 __version__ = "0.1.0"
 
-from . import _compat, aggregate, methods, targets
+from . import _compat, aggregate, methods, targets, zoo
 from ._cache import enable_compilation_cache
 from .adapters import ModelAdapter, make_adapter
 from .encoding import InputError
@@ -45,5 +45,5 @@ __all__ = [
     # errors
     "InputError", "UnsupportedModelError",
     # submodules
-    "methods", "targets", "aggregate", "io",
+    "methods", "targets", "aggregate", "io", "zoo",
 ]
