@@ -19,10 +19,10 @@ export JAXATTR_CACHE_DIR=/tmp/jaxattr-xla PYTHONUNBUFFERED=1 TOKENIZERS_PARALLEL
 
 # 1. the test suite's fast subset on the GPU (float32 matmuls at full precision, so the
 #    cross-checks against Inseq keep their 1e-3 tolerance)
-JAX_DEFAULT_MATMUL_PRECISION=highest timeout 330 python3 -m pytest -q -p no:cacheprovider \
+JAX_DEFAULT_MATMUL_PRECISION=highest timeout 270 python3 -m pytest -q -p no:cacheprovider \
   tests/test_functional.py tests/test_pipeline.py tests/test_inseq_reference.py \
   tests/test_contrast.py 2>&1 | tail -25 | tee "$OUT/tests.txt"
 
 # 2. the device benchmark: GPT-2-124M-sized, 8 x (16 + 16) tokens, warm/cold/FLOP/s
-timeout 200 python3 benchmarks/device_bench.py --json "$OUT/bench.json" 2>&1 \
+timeout 170 python3 benchmarks/device_bench.py --json "$OUT/bench.json" 2>&1 \
   | grep -v -i warn | tail -12 | tee "$OUT/bench.txt"
