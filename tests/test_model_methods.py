@@ -122,6 +122,9 @@ def test_attention_is_the_models_attention(gpt2, marian):
     ("integrated_gradients", {"n_steps": 8}),
     ("layer_integrated_gradients", {"n_steps": 8, "layer": "transformer/h/1"}),
     ("attention", {}),
+    ("occlusion", {}),
+    ("gradient_shap", {"n_samples": 3}),
+    ("sequential_integrated_gradients", {"n_steps": 3}),
 ])
 def test_batch_invariance_and_jit(gpt2, method, kw):
     batched = gpt2.attribute(PROMPTS, FULL, method=method, step_scores=("probability",), **kw)
