@@ -19,9 +19,10 @@ Tables:
      and 4 (``lax.map`` over chunks of 4 steps);
   2. integrated gradients vs n_steps (L fixed, ``internal_batch_size=None``);
   3. integrated gradients vs ``internal_batch_size`` (n_steps fixed).
-The ``[*, V] cotangent`` column is the size of one float32 buffer of shape
-[steps alive, T alive, B, L, V]: the vocabulary-sized cotangent the vmapped backward scatters
-into the full logits (see docs/performance.md); it explains most of ``temp``.
+The ``[*,V] ct`` column is the size of one float32 buffer of shape [IG steps alive,
+backward passes alive, B, T, V]: the vocabulary-sized logits cotangent of the vmapped backward
+passes (the LM head runs at the T scored positions since commit 5798b2b; before, it was
+[..., B, L, V]); see docs/performance.md. It is the largest single term of ``temp``.
 """
 from __future__ import annotations
 
@@ -110,7 +111,7 @@ def main():
             r = analyze("saliency", L, **({} if obs is None else {"output_batch_size": obs}))
             alive = T if obs is None else obs
             print(f"{L:>6}{T:>5}{str(obs):>19}{mib(r['temp'])}{mib(r['args'])}{mib(r['out'])}"
-                  f"{mib(alive * B * L * V * 4):>14}{r['compile_s']:>11.1f}", flush=True)
+                  f"{mib(alive * B * T * V * 4):>14}{r['compile_s']:>11.1f}", flush=True)
 
     L = args.ig_length
     T = L // 2
@@ -121,7 +122,7 @@ def main():
     for n in args.ig_steps:
         r = analyze("integrated_gradients", L, n_steps=n)
         print(f"{n:>8}{mib(r['temp'])}{mib(r['args'])}{mib(r['out'])}"
-              f"{mib(n * T * B * L * V * 4):>14}{r['compile_s']:>11.1f}{r['temp'] / base:>14.1f}x",
+              f"{mib(n * T * B * T * V * 4):>14}{r['compile_s']:>11.1f}{r['temp'] / base:>14.1f}x",
               flush=True)
 
     n = args.ig_internal_steps
@@ -134,7 +135,7 @@ def main():
         r = analyze("integrated_gradients", L, **kw)
         alive = n if not k else min(k, n)
         print(f"{str(k or None):>20}{mib(r['temp'])}{mib(r['args'])}{mib(r['out'])}"
-              f"{mib(alive * T * B * L * V * 4):>14}{r['compile_s']:>11.1f}", flush=True)
+              f"{mib(alive * T * B * T * V * 4):>14}{r['compile_s']:>11.1f}", flush=True)
     print(f"\ntotal {time.perf_counter() - t_all:.0f}s")
 
 

@@ -23,8 +23,9 @@ jaxattr uses batch_size=8 (one batch). Inseq gets batch_size=8 too, but 0.7.1 ru
 decoder-only inputs one sequence at a time regardless.
 
 Integrated gradients (n_steps=32) runs on the first --ig-prompts prompts only (default 1),
-with --ig-rounds rounds (default 1): all 8 prompts cost ~35 TFLOP per call, about 15 minutes
-per call here (and ~55 GiB of temporaries in one vmapped batch). Inseq loops over sequences,
+with --ig-rounds rounds (default 1): all 8 prompts cost ~30 TFLOP per call, 8-15 minutes
+per call here, and 23 GiB of XLA temporaries in one vmapped batch (more than this machine's
+memory; internal_batch_size=8 brings it to 6 GiB). Inseq loops over sequences,
 so its IG time is additive over prompts; jaxattr's is linear in batch x n_steps at these
 sizes (the matmuls are already large), so the 1-prompt ratio stands for the 8-prompt one.
 
