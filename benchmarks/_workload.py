@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, ".cache")
@@ -102,4 +101,4 @@ def python_env():
 
 
 __all__ = ["CKPT", "CACHE", "SIDE_PY", "ensure_checkpoint", "make_prompts", "run_json",
-           "python_env", "sys"]
+           "python_env"]
