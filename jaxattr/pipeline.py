@@ -101,6 +101,13 @@ def _contrast_fields(adapter: ModelAdapter, batch: ModelBatch, contrast_forward:
     return out
 
 
+def _target_batch(adapter: ModelAdapter, batch: ModelBatch, contrast_forward: bool) -> TargetBatch:
+    """What the targets see besides the logits: step token ids, masks, contrast fields."""
+    return TargetBatch(target_ids=_gather_steps(batch.target_ids, batch.step_positions),
+                       step_mask=batch.step_mask,
+                       **_contrast_fields(adapter, batch, contrast_forward))
+
+
 def _site_side(layer: tuple) -> str:
     """Which token axis a layer site's activations run along."""
     return "source" if any("encoder" in part for part in layer) else "target"
@@ -113,9 +120,7 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     tgt_embeds = adapter.embed(batch.target_ids, side="decoder")
     src_embeds = (adapter.embed(batch.source_ids, side="encoder")
                   if adapter.is_encoder_decoder else None)
-    step_ids = _gather_steps(batch.target_ids, batch.step_positions)
-    tbatch = TargetBatch(target_ids=step_ids, step_mask=batch.step_mask,
-                         **_contrast_fields(adapter, batch, contrast_forward))
+    tbatch = _target_batch(adapter, batch, contrast_forward)
     emb = {}
     if attribute_source:
         emb["source"] = src_embeds
@@ -225,9 +230,7 @@ def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, targ
     out = adapter.forward(target_ids=batch.target_ids, target_mask=batch.target_mask,
                           source_ids=batch.source_ids, source_mask=batch.source_mask,
                           output_attentions=True, positions=batch.step_positions - 1)
-    step_ids = _gather_steps(batch.target_ids, batch.step_positions)
-    tb = TargetBatch(target_ids=step_ids, step_mask=batch.step_mask,
-                     **_contrast_fields(adapter, batch, contrast_forward))
+    tb = _target_batch(adapter, batch, contrast_forward)
     step_logits = out["logits"]
     step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
                    for name, fn, kw in step_fns}
