@@ -9,23 +9,16 @@ saliency with the ``probability`` target. Each program is jitted separately and 
 XLA's ``cost_analysis()``; then --repeats rounds time every program once, round-robin (so a
 change in machine load hits all programs alike), and the median per program is reported:
 
-  pipeline     jaxattr.pipeline._attribute_jit, exactly as model.attribute calls it
-  fwd          the forward alone: logits -> step gather -> target scores
+  pipeline     jaxattr.pipeline._attribute_jit, exactly as model.attribute calls it (with
+               the split-head backward: d score[b,t] / d h[b,t] for every t comes from ONE
+               backward through head + target, and the T vmapped backward passes start at
+               the final hidden states, never touching the [*, V] vocabulary axis)
+  fwd          the forward alone: logits at the scored positions -> target scores
   fwd+1vjp     forward + ONE backward (gradient of the summed scores): the marginal cost of
                one of the T vmapped backward passes is (pipeline - fwd) / T
-  head@steps   prototype A: the LM head is applied only to the hidden states of the T
-               scored positions (not all L), then the same vmapped VJP over T one-hot
-               cotangents. Since commit 5798b2b the pipeline itself does this (the adapter
-               gathers before the head), so the two rows should now agree; before it, the
-               pipeline ran the head over all L positions (1088 vs 920 GFLOP here)
-  split-head   prototype B: body VJP only. Because each step's score depends only on its own
-               step's logits, d score[b,t] / d h[b,t] for every t comes from ONE backward
-               through head+target (cotangent = ones); the T vmapped backward passes then
-               start at the final hidden states and never touch the [*, V] vocabulary axis.
-
-The prototypes reuse the Flax GPT-2 modules (``module.transformer`` and the tied ``wte``) and
-jaxattr's adapter interception; they are measurements for the design discussion in
-docs/performance.md, not library code. Both are checked against the pipeline's attributions.
+  full-head    the pipeline with ``split_head=False``: each of the T backward passes goes
+               back through the LM head with a [B, T, V] logits cotangent (checked equal to
+               the pipeline's attributions)
 """
 from __future__ import annotations
 
@@ -53,7 +46,6 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
 
-    import flax.linen as nn
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -62,7 +54,6 @@ def main():
     import _workload as w
     from jaxattr.encoding import pad_batch
     from jaxattr.methods import get_method
-    from jaxattr.methods._vjp import per_output_grads
     from jaxattr.pipeline import ModelBatch, _attribute_jit, _gather_steps
     from jaxattr.targets import TargetBatch, get_target
 
@@ -102,13 +93,8 @@ def main():
                            step_mask=bt.step_mask)
 
     def score_fn_full(ad, bt, x):
-        if hasattr(ad, "forward"):  # current adapter: logits at the scored positions only
-            step_logits = ad.forward(target_ids=bt.target_ids, target_mask=bt.target_mask,
-                                     target_embeds=x, positions=bt.step_positions - 1)["logits"]
-        else:
-            logits = ad.logits(target_ids=bt.target_ids, target_mask=bt.target_mask,
-                               target_embeds=x)
-            step_logits = _gather_steps(logits, bt.step_positions - 1)
+        step_logits = ad.forward(target_ids=bt.target_ids, target_mask=bt.target_mask,
+                                 target_embeds=x, positions=bt.step_positions - 1)["logits"]
         return prob(step_logits, tbatch_of(bt)) * bt.step_mask
 
     @jax.jit
@@ -123,72 +109,12 @@ def main():
     record("fwd", fwd, adapter, batch)
     record("fwd+1vjp", fwd_1vjp, adapter, batch)
 
-    # ---------------- prototypes: body (transformer) and head (tied wte) split
-    module = model.hf_model.module
-    wte_path = tuple(adapter.decoder_path)
-
-    def body(params, bt, x):
-        """Final hidden states [B, L, H] (after ln_f) with the token embeddings replaced."""
-        def interceptor(next_fun, a, k, ctx):
-            if ctx.method_name == "__call__" and tuple(ctx.module.path) == wte_path:
-                return x
-            return next_fun(*a, **k)
-
-        pos = jnp.broadcast_to(jnp.arange(L)[None], (B, L))
-        with nn.intercept_methods(interceptor):
-            out = module.apply({"params": params},
-                               bt.target_ids, bt.target_mask, pos,
-                               method=lambda m, i, am, p: m.transformer(
-                                   i, am, p, deterministic=True)[0])
-        return out
-
-    def head(params, hs):
-        table = params
-        for k in wte_path:
-            table = table[k]
-        return hs @ table["embedding"].T
-
-    @jax.jit
-    def head_at_steps(ad, bt):
-        x = ad.embed(bt.target_ids)
-
-        def score(z):
-            hs = _gather_steps(body(ad.params, bt, z), bt.step_positions - 1)  # [B, T, H]
-            return prob(head(ad.params, hs), tbatch_of(bt)) * bt.step_mask
-
-        _, grads, _ = per_output_grads(score, x)  # [T, B, L, H]
-        return jnp.abs(grads)
-
-    @jax.jit
-    def split_head(ad, bt):
-        x = ad.embed(bt.target_ids)
-        h, body_vjp = jax.vjp(lambda z: body(ad.params, bt, z), x)      # [B, L, H]
-        idx = bt.step_positions - 1                                        # [B, T]
-        hs = _gather_steps(h, idx)                                         # [B, T, H]
-        scores, head_vjp = jax.vjp(
-            lambda s: prob(head(ad.params, s), tbatch_of(bt)) * bt.step_mask, hs)
-        (g,) = head_vjp(jnp.ones_like(scores))    # [B, T, H]: d score[b,t] / d hs[b,t]
-        onehot = jax.nn.one_hot(idx, L, dtype=h.dtype)                     # [B, T, L]
-
-        def one_step(t):  # cotangent on h: g[:, t] at position idx[:, t]
-            ct = onehot[:, t, :, None] * g[:, t, None, :]                  # [B, L, H]
-            return body_vjp(ct)[0]
-
-        grads = jax.vmap(one_step)(jnp.arange(T))                          # [T, B, L, H]
-        return jnp.abs(grads)
-
-    def to_pipeline_layout(g):
-        # [T, B, L, H] -> [B, L, T, H], masked like the pipeline (rows after the step's
-        # position and padded steps are zero there).
-        g = np.moveaxis(np.asarray(g), 0, 2)
-        valid = (np.arange(L)[None, :, None] < np.asarray(batch.step_positions)[:, None, :])
-        return g * valid[..., None] * np.asarray(batch.step_mask)[:, None, :, None]
-
-    for name, fn in (("head@steps", head_at_steps), ("split-head", split_head)):
-        out = record(name, fn, adapter, batch)
-        got = to_pipeline_layout(out)
-        err = np.max(np.abs(got - ref_attr)) / np.max(np.abs(ref_attr))
-        print(f"    max |diff| / max |pipeline| = {err:.1e}", flush=True)
+    # the pipeline before the split-head backward: T backward passes through the LM head
+    full = record("full-head", _attribute_jit, adapter, batch, None,
+                  **dict(static, split_head=False))
+    err = (np.max(np.abs(np.asarray(full.target_attributions) - ref_attr))
+           / np.max(np.abs(ref_attr)))
+    print(f"    max |diff| / max |pipeline| = {err:.1e}", flush=True)
 
     times = {name: [] for name, *_ in progs}
     for r in range(args.repeats):
@@ -216,11 +142,10 @@ def main():
     body_pt, head_pt = 2 * 12 * nl * H * H, 2 * V * H
     print(f"per token, matmul FLOPs: body {body_pt / 1e6:.0f}M, LM head {head_pt / 1e6:.0f}M "
           f"({100 * head_pt / (body_pt + head_pt):.0f}% of a forward). The pipeline applies "
-          f"the head to the T={T} scored positions (before 5798b2b: all L={L}) and back-propagates "
-          f"a [T, B, T, V] cotangent through it in each of the T backward passes: "
-          f"{T * B * T * head_pt / 1e9:.0f} GFLOP of the {f_pipe / 1e9:.0f} (all L: "
-          f"{T * B * L * head_pt / 1e9:.0f}), where {B * T * head_pt / 1e9:.0f} GFLOP suffice "
-          f"(split-head).")
+          f"the head to the T={T} scored positions and back-propagates through it once "
+          f"(split head, {2 * B * T * head_pt / 1e9:.0f} GFLOP with its forward); full-head "
+          f"sends a [T, B, T, V] cotangent through it in each of the T backward passes: "
+          f"{T * B * T * head_pt / 1e9:.0f} GFLOP.")
     useful = sum(int(p) for p in np.asarray(batch.step_positions).ravel()) / (B * T * L)
     print(f"causal waste: each backward runs over all L={L} positions but step t only "
           f"reaches positions < its own; useful fraction here {useful:.2f}")

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from .adapters import ModelAdapter
+from .methods.separable import is_separable, step_separable
 from .results import BatchAttribution
 from .targets import TargetBatch
 
@@ -116,7 +117,7 @@ def _site_side(layer: tuple) -> str:
 def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, method, method_kwargs,
                     target_fn, target_kwargs, step_fns, attribute_source, attribute_target,
                     contrast_forward=False, n_dropout=0, dropout_seed=0, layer=None,
-                    reduce_hidden=None):
+                    reduce_hidden=None, split_head=True):
     tgt_embeds = adapter.embed(batch.target_ids, side="decoder")
     src_embeds = (adapter.embed(batch.source_ids, side="encoder")
                   if adapter.is_encoder_decoder else None)
@@ -127,6 +128,9 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     if attribute_target:
         emb["target"] = tgt_embeds
 
+    # Step-separable targets back-propagate through the LM head once, not once per step.
+    split = split_head and is_separable(target_fn) and not n_dropout
+
     def run(embeds, *, site_value=None, dropout_rng=None):
         # logits only at the positions that predict the attributed steps: [B, T, V]
         return adapter.forward(
@@ -134,14 +138,15 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
             target_embeds=embeds.get("target", tgt_embeds),
             source_ids=batch.source_ids, source_mask=batch.source_mask,
             source_embeds=embeds.get("source", src_embeds), dropout_rng=dropout_rng,
-            site=layer, site_value=site_value, positions=batch.step_positions - 1)
+            site=layer, site_value=site_value, positions=batch.step_positions - 1,
+            return_head=split)
 
     takes_baseline = "baseline" in inspect.signature(method).parameters
     if layer is None:
         x = emb
 
         def forward(xd, dropout_rng=None):
-            return run(xd, dropout_rng=dropout_rng)["logits"]
+            return run(xd, dropout_rng=dropout_rng)
 
         base_x = _baseline(adapter, batch, baseline, x) if takes_baseline else None
     else:
@@ -151,7 +156,7 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
         x = {side: run({})["site"]}
 
         def forward(xd, dropout_rng=None):
-            return run({}, site_value=xd[side], dropout_rng=dropout_rng)["logits"]
+            return run({}, site_value=xd[side], dropout_rng=dropout_rng)
 
         base_x = None
         if takes_baseline:
@@ -162,10 +167,25 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
         attribute_source, attribute_target = side == "source", side == "target"
 
     def step_logits_of(xd, dropout_rng=None):
-        return forward(xd, dropout_rng)  # [B, T, V]
+        return forward(xd, dropout_rng)["logits"]  # [B, T, V]
 
     def score_fn(xd):
-        step_logits = step_logits_of(xd)
+        if split:
+            out = forward(xd)
+            if out["head"] is not None:
+                head = out["head"]
+
+                def separable_scores(h, consts):  # [B, T, H] -> [B, T]: step t reads h[:, t]
+                    head_params, tb = consts
+                    logits = head(h, head_params)
+                    return target_fn(logits, tb, **dict(target_kwargs)) * tb.step_mask
+
+                scores = step_separable(separable_scores, out["hidden"],
+                                        (out["head_params"], tbatch))
+                return scores, (out["logits"], tbatch, scores)
+            step_logits = out["logits"]
+        else:
+            step_logits = step_logits_of(xd)
         tb = tbatch
         if n_dropout:
             keys = jax.random.split(jax.random.PRNGKey(dropout_seed), n_dropout)
@@ -278,7 +298,7 @@ def _traced(*args, **kwargs):
 _attribute_jit = jax.jit(_traced, static_argnames=(
     "method", "method_kwargs", "target_fn", "target_kwargs", "step_fns", "attribute_source",
     "attribute_target", "contrast_forward", "n_dropout", "dropout_seed", "layer",
-    "reduce_hidden"))
+    "reduce_hidden", "split_head"))
 _attention_jit = jax.jit(_attention_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
     "contrast_forward", "reduce_hidden"))
@@ -289,7 +309,8 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                     target_kwargs: tuple = (), step_fns: tuple = (), attribute_source: bool,
                     attribute_target: bool, contrast_forward: bool = False, n_dropout: int = 0,
                     dropout_seed: int = 0, layer: Optional[tuple] = None,
-                    reduce_hidden: Optional[str] = None, jit: bool = True) -> BatchAttribution:
+                    reduce_hidden: Optional[str] = None, split_head: bool = True,
+                    jit: bool = True) -> BatchAttribution:
     """Attribute one padded batch.
 
     Args:
@@ -309,6 +330,10 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
       layer: module path (tuple) of a layer site: attribute its output activation instead of
         the token embeddings (layer methods). ``method`` may also be the string
         ``"attention"``: attention weights from the single forward.
+      split_head: when ``target_fn`` is step-separable (:func:`jaxattr.targets.separable`;
+        all built-in targets) and no MC-dropout forwards are asked for, back-propagate
+        through the language-model head once (:func:`jaxattr.methods.step_separable`)
+        instead of once per step: same values, no ``[T, B, T, V]`` logits cotangent.
       jit: run through the cached ``jax.jit`` (default) or eagerly.
 
     Returns:
@@ -319,17 +344,18 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                              target_kwargs=target_kwargs, step_fns=step_fns,
                              attribute_source=attribute_source, attribute_target=attribute_target,
                              contrast_forward=contrast_forward, n_dropout=n_dropout,
-                             dropout_seed=dropout_seed, layer=layer, reduce_hidden=reduce_hidden)
+                             dropout_seed=dropout_seed, layer=layer, reduce_hidden=reduce_hidden,
+                             split_head=split_head)
     return fn(*args, **kwargs)
 
 
 def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,
-          method_kwargs=(), **common):
+          method_kwargs=(), split_head=True, **common):
     if method == "attention":
         return (_attention_jit if jit else _attention_impl), (adapter, batch), common
     return ((_attribute_jit if jit else _attribute_impl), (adapter, batch, baseline),
             dict(common, method=method, method_kwargs=method_kwargs, n_dropout=n_dropout,
-                 dropout_seed=dropout_seed, layer=layer))
+                 dropout_seed=dropout_seed, layer=layer, split_head=split_head))
 
 
 def compiled_attribute(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, **kw):

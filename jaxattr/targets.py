@@ -32,11 +32,13 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from .methods.separable import separable
+
 __all__ = ["TargetBatch", "logit", "probability", "logprob", "entropy", "crossentropy",
            "perplexity", "contrast_logits", "contrast_prob", "contrast_logits_diff",
            "contrast_prob_diff", "pcxmi", "kl_divergence", "in_context_pvi",
            "mc_dropout_prob_avg", "top_p_size", "filter_logits", "top_p_mask", "top_k_mask",
-           "TARGETS", "get_target", "register_target", "target_needs"]
+           "TARGETS", "get_target", "register_target", "target_needs", "separable"]
 
 
 @struct.dataclass
@@ -62,9 +64,12 @@ class TargetBatch:
 
 # --------------------------------------------------------------------------- helpers
 def _needs(*fields: str):
-    """Tag a target with the extra inputs it requires (read by :func:`target_needs`)."""
+    """Tag a built-in target with the extra inputs it requires (read by
+    :func:`target_needs`) and as step-separable (:func:`jaxattr.methods.separable`): every
+    built-in target scores step ``t`` from ``logits[:, t]`` alone."""
     def deco(fn):
         fn.needs = frozenset(fields)
+        fn.separable = True
         return fn
     return deco
 

@@ -81,6 +81,7 @@ class ModelAdapter(struct.PyTreeNode):
         site_value: Optional[jax.Array] = None,
         output_attentions: bool = False,
         positions: Optional[jax.Array] = None,
+        return_head: bool = False,
     ) -> dict:
         """One teacher-forced forward; ``logits[:, i]`` predicts target token ``i+1``.
 
@@ -100,11 +101,20 @@ class ModelAdapter(struct.PyTreeNode):
         features), so neither the head's matmul nor its backward pass runs over positions that
         are not scored — for GPT-2-sized vocabularies the head is the largest matmul.
 
+        ``return_head`` (with ``positions``) also returns the head split off the network:
+        ``"hidden"`` ``[B, T, H]``, the head's input at the scored positions, ``"head"``, a
+        pure function ``(hidden, head_params) -> logits [B, T, V]`` (the head ``nn.Dense``
+        plus whatever the model adds to its output afterwards, e.g. BART's
+        ``final_logits_bias``) and ``"head_params"``, its arrays. Then ``"logits"`` is
+        computed from the stop-gradient of ``"hidden"``: differentiate through ``head``. All
+        three are ``None`` when no single ``nn.Dense`` head was found.
+
         Returns ``{"logits": [B, L, V] (or [B, T, V] with positions), "site": array or None,
-        "attentions": dict or None}``.
+        "attentions": dict or None}`` (plus ``"hidden"``, ``"head"`` and ``"head_params"`` with ``return_head``).
         """
         vocab = getattr(self.hf_model.config, "vocab_size", None)
         head_calls: list = []
+        head_parts: dict = {}
         replacements = {"encoder": source_embeds, "decoder": target_embeds}
         roles: dict[tuple, list] = {}
         if self.is_encoder_decoder:
@@ -124,7 +134,16 @@ class ModelAdapter(struct.PyTreeNode):
                     and args[0].shape[1] == target_ids.shape[1]):
                 head_calls.append(tuple(context.module.path))
                 idx = positions[..., None].astype(jnp.int32)
-                return next_fun(jnp.take_along_axis(args[0], idx, axis=1), **kwargs)
+                hidden = jnp.take_along_axis(args[0], idx, axis=1)
+                if not return_head:
+                    return next_fun(hidden, **kwargs)
+                # The model's own logits see the hidden states as constants: gradients reach
+                # them only through the returned ``head`` (the caller's cheaper path).
+                out = next_fun(jax.lax.stop_gradient(hidden), **kwargs)
+                head_parts.update(hidden=hidden, out=out, kwargs=kwargs,
+                                  module=context.module.clone(parent=None),
+                                  variables=context.module.variables)
+                return out
             path = tuple(context.module.path)
             if site is not None and path == site and "site" not in captured:
                 out = next_fun(*args, **kwargs)
@@ -186,7 +205,38 @@ class ModelAdapter(struct.PyTreeNode):
         if output_attentions:
             keys = ("attentions", "encoder_attentions", "decoder_attentions", "cross_attentions")
             attentions = {k: getattr(out, k) for k in keys if getattr(out, k, None) is not None}
-        return {"logits": logits, "site": captured.get("site"), "attentions": attentions}
+        result = {"logits": logits, "site": captured.get("site"), "attentions": attentions}
+        if return_head:
+            result.update(hidden=None, head=None, head_params=None)
+            if head_parts:
+                if head_parts["out"].shape != logits.shape:
+                    raise RuntimeError(
+                        f"the language-model head's output {head_parts['out'].shape} and the "
+                        f"model's logits {logits.shape} differ; attribute with "
+                        "split_head=False for this model.")
+                head, head_params = _head_fn(head_parts, logits)
+                result.update(hidden=head_parts["hidden"], head=head, head_params=head_params)
+        return result
+
+
+def _head_fn(parts: dict, logits: jax.Array):
+    """``(head, head_params)`` from a captured head call: ``head(hidden, head_params) ->
+    logits`` re-applies the ``nn.Dense`` with the weights in ``head_params["variables"]`` and
+    adds ``head_params["offset"]``, the model's post-head term (``logits - dense output``:
+    absent, or a bias such as BART's ``final_logits_bias``). The model's head ran on the
+    stop-gradient of the hidden states, so the offset depends on parameters only."""
+    module, kwargs = parts["module"], parts["kwargs"]
+    params = {"variables": parts["variables"]}
+    if logits is not parts["out"]:
+        params["offset"] = logits - parts["out"]   # a function of parameters only
+
+    def head(hidden, head_params):
+        out = module.apply(head_params["variables"], hidden, **kwargs)
+        if "offset" in head_params:
+            out = out + head_params["offset"].astype(out.dtype)
+        return out
+
+    return head, params
 
 
 def seen_embedding_paths(hf_model, *, is_encoder_decoder: bool) -> list:

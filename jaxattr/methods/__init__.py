@@ -9,9 +9,10 @@ from .integrated_gradients import integrated_gradients
 from .noise_tunnel import NOISE_TUNNEL_TYPES, noise_tunnel, smoothgrad, smoothgrad_sq, vargrad
 from .occlusion import occlusion
 from .quadrature import QUADRATURE_RULES, quadrature
+from .separable import is_separable, separable, step_separable
 from .sequential_integrated_gradients import sequential_integrated_gradients
 
-__all__ = ["per_output_grads", "saliency", "input_x_gradient", "integrated_gradients",
+__all__ = ["per_output_grads", "step_separable", "separable", "is_separable", "saliency", "input_x_gradient", "integrated_gradients",
            "gradient_shap", "sequential_integrated_gradients", "occlusion",
            "smoothgrad", "smoothgrad_sq", "vargrad", "noise_tunnel", "NOISE_TUNNEL_TYPES",
            "quadrature", "QUADRATURE_RULES", "METHODS", "get_method"]
