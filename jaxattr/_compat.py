@@ -7,6 +7,10 @@ Fixes:
 - ``jnp.clip(x, a_min=..., a_max=...)``: JAX removed the ``a_min``/``a_max`` keywords (now
   ``min``/``max``). Flax T5/mT5/LongT5 call the old form in their relative position buckets.
   Those modules get a ``jnp`` namespace whose ``clip`` accepts both spellings.
+- Attaching parameters to a model built with ``_do_init=False``: its ``params`` setter refuses
+  (``_is_initialized`` is False), so :func:`attach_params` marks it initialised first; used to
+  load PyTorch weights without transformers' random initialisation
+  (:func:`jaxattr.loading.load_pt_without_init`).
 """
 from __future__ import annotations
 
@@ -16,12 +20,19 @@ import types
 
 import jax.numpy as jnp
 
-__all__ = ["apply", "jnp_with_legacy_clip", "PATCHED_MODULES"]
+__all__ = ["apply", "jnp_with_legacy_clip", "attach_params", "PATCHED_MODULES"]
 
 PATCHED_MODULES = (
     "transformers.models.t5.modeling_flax_t5",
     "transformers.models.longt5.modeling_flax_longt5",
 )
+
+
+def attach_params(model, params) -> None:
+    """Give a Flax ``PreTrainedModel`` built with ``_do_init=False`` its parameters, as if it
+    had been initialised (the setter still checks that every required parameter is there)."""
+    model._is_initialized = True
+    model.params = params
 
 
 def _clip(a, a_min=None, a_max=None, *, min=None, max=None, **kwargs):  # noqa: A002

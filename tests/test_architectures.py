@@ -88,3 +88,30 @@ def test_embedding_replacement_is_the_models_own_lookup(arch):
         bumped = dict(repl, **{side: emb + 0.5 * noise})
         moved = ad.logits(target_ids=tgt, target_mask=jnp.ones_like(tgt), **kw, **bumped)
         assert float(jnp.abs(moved - ref).max()) > 1e-4, side
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "marian", "t5"])
+def test_pytorch_weights_load_without_random_init(arch, tmp_path):
+    """The fast from_pt path (no random initialisation) gives exactly the checkpoint's params,
+    and falls back (returns None) when a parameter is missing from the checkpoint."""
+    from safetensors.numpy import load_file, save_file
+    from transformers import AutoConfig
+
+    from jaxattr.loading import _auto_classes, load_pt_without_init
+
+    model, tok = make_model(arch, seed=1)
+    export_pt_safetensors(model, tok, tmp_path / "pt")
+    config = AutoConfig.from_pretrained(tmp_path / "pt")
+    auto = _auto_classes()[1 if config.is_encoder_decoder else 0]
+    fast = load_pt_without_init(auto, str(tmp_path / "pt"), config)
+    assert fast is not None
+    a, b = flatten_dict(model.params), flatten_dict(fast.params)
+    assert set(a) == set(b)
+    for k in a:
+        np.testing.assert_array_equal(np.asarray(a[k]), np.asarray(b[k]), err_msg=str(k))
+
+    state = load_file(str(tmp_path / "pt" / "model.safetensors"))
+    dropped = sorted(k for k in state if ".0." in k and k.endswith("weight"))[0]
+    del state[dropped]
+    save_file(state, str(tmp_path / "pt" / "model.safetensors"), metadata={"format": "pt"})
+    assert load_pt_without_init(auto, str(tmp_path / "pt"), config) is None

@@ -3,6 +3,7 @@ import inspect
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxattr import _compat
 
@@ -44,3 +45,20 @@ def test_relative_position_buckets_match_numpy_reference():
     large = np.minimum(large, nb - 1)
     ref = ref + np.where(n < exact, n, large)
     np.testing.assert_array_equal(got, ref)
+
+
+def test_attach_params_to_a_model_built_without_init():
+    import jax.numpy as jnp
+    from transformers import FlaxGPT2LMHeadModel
+
+    from jaxattr._compat import attach_params
+    from jaxattr.testing import make_model
+
+    ref, _ = make_model("gpt2", seed=3)
+    bare = FlaxGPT2LMHeadModel(ref.config, _do_init=False)
+    attach_params(bare, ref.params)
+    ids = jnp.asarray([[5, 6, 7, 8]])
+    np.testing.assert_array_equal(np.asarray(bare(ids).logits), np.asarray(ref(ids).logits))
+    with pytest.raises(ValueError, match="missing"):   # the setter's own check still applies
+        attach_params(FlaxGPT2LMHeadModel(ref.config, _do_init=False),
+                      {"transformer": {}})
