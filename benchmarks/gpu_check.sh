@@ -21,7 +21,7 @@ export JAXATTR_CACHE_DIR=/tmp/jaxattr-xla PYTHONUNBUFFERED=1 TOKENIZERS_PARALLEL
 #    cross-checks against Inseq keep their 1e-3 tolerance)
 JAX_DEFAULT_MATMUL_PRECISION=highest timeout 270 python3 -m pytest -q -p no:cacheprovider \
   tests/test_functional.py tests/test_pipeline.py tests/test_inseq_reference.py \
-  tests/test_contrast.py 2>&1 | tail -25 | tee "$OUT/tests.txt"
+  tests/test_contrast.py tests/test_separable.py 2>&1 | tail -25 | tee "$OUT/tests.txt"
 
 # 2. the device benchmark: GPT-2-124M-sized, 8 x (16 + 16) tokens, warm/cold/FLOP/s
 timeout 170 python3 benchmarks/device_bench.py --json "$OUT/bench.json" 2>&1 \
