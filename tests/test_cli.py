@@ -124,3 +124,22 @@ def test_every_command_has_help(capsys):
             cli.main(cmd + ["--help"])
         assert e.value.code == 0
     assert "attribute-dataset" in capsys.readouterr().out
+
+
+def test_readme_main_command_runs_offline_and_converges(tmp_path, monkeypatch, capsys):
+    """The README's one-line first command, verbatim: bundled model, heatmap, HTML report, and
+    integrated gradients converged (no completeness warning)."""
+    import shlex
+    import warnings
+
+    readme = open(os.path.join(os.path.dirname(__file__), os.pardir, "README.md")).read()
+    line = next(x for x in readme.splitlines() if x.startswith("jaxattr attribute --input"))
+    argv = shlex.split(line)[1:]
+    assert "--model" not in argv     # the bundled default model
+    monkeypatch.chdir(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        assert cli.main(argv + ["--no-color"]) == 0
+    text = capsys.readouterr().out
+    assert "deltas" in text and "blue" in text
+    assert "<html" in (tmp_path / "report.html").read_text().lower()

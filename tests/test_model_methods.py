@@ -151,3 +151,16 @@ def test_unknown_layer_lists_paths(gpt2):
     with pytest.raises(ValueError, match=r"No module at layer path 'transformer/h/7'.*transformer/h/0/mlp"):
         gpt2.attribute(PROMPTS[0], FULL[0], method="layer_integrated_gradients",
                        layer="transformer/h/7", n_steps=2)
+
+
+def test_integrated_gradients_warns_when_it_has_not_converged(gpt2):
+    import warnings
+    args = (PROMPTS[0], FULL[0])
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        gpt2.attribute(*args, method="integrated_gradients", n_steps=2,
+                       quadrature="riemann_right", show_progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        out = gpt2.attribute(*args, method="integrated_gradients", n_steps=64,
+                             show_progress=False)
+    assert np.abs(out[0].step_scores["deltas"]).max() < 1e-4
