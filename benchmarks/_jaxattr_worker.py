@@ -30,23 +30,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from _workload import matmul_flops_per_s  # noqa: E402
+
 EVENT_KEYS = ("jaxpr_trace_duration", "jaxpr_to_mlir_module_duration",
               "backend_compile_duration")
-
-
-def matmul_flops_per_s(n=2048, reps=10):
-    import jax
-    import jax.numpy as jnp
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), jnp.float32)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), jnp.float32)
-    f = jax.jit(jnp.dot)
-    f(a, b).block_until_ready()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        ts.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(ts)
 
 
 def per_token_flops(cfg, ctx):

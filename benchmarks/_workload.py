@@ -1,6 +1,7 @@
 """Shared workload of the benchmarks: the cached random GPT-2-124M checkpoint and the prompts.
 
-Imported by ``side_by_side.py`` and ``_jaxattr_worker.py`` (main venv). The checkpoint is
+Imported by ``side_by_side.py``, ``_jaxattr_worker.py`` and ``device_bench.py`` (main venv;
+``matmul_flops_per_s`` is the one matmul-peak probe they share). The checkpoint is
 built once by ``inseq_side/make_bench_checkpoint.py`` in the side venv (it needs torch) and
 cached under ``benchmarks/.cache/`` (git-ignored).
 """
@@ -102,3 +103,23 @@ def python_env():
 
 __all__ = ["CKPT", "CACHE", "SIDE_PY", "ensure_checkpoint", "make_prompts", "run_json",
            "python_env"]
+
+
+def matmul_flops_per_s(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:
+    """The device's matmul throughput: a jitted ``n x n`` ``jnp.dot`` in ``dtype``, median of
+    ``repeats`` timed calls after one warm-up, as FLOP/s (``2 n^3`` per call)."""
+    import statistics
+    import time
+
+    import jax
+    import jax.numpy as jnp
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
+    f = jax.jit(jnp.dot)
+    f(a, b).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        f(a, b).block_until_ready()
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / statistics.median(times)

@@ -23,18 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def matmul_peak(dtype, n: int, repeats: int = 10) -> float:
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n), dtype)
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n), dtype)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, b).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        f(a, b).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / statistics.median(times)
+from _workload import matmul_flops_per_s  # benchmarks/ is on sys.path when run as a script
 
 
 def main():
@@ -67,9 +56,9 @@ def main():
         baseline_target_ids=jnp.zeros((B, P + C), jnp.int32))
     n = 1024 if dev.platform == "cpu" else 8192
     print(f"model built in {init_s:.1f} s; measuring matmul peak ...", flush=True)
-    peaks = {"float32": matmul_peak(jnp.float32, n)}
+    peaks = {"float32": matmul_flops_per_s(n, dtype="float32")}
     if dev.platform != "cpu":  # CPUs emulate bf16 matmuls: not a peak worth quoting
-        peaks["bfloat16"] = matmul_peak(jnp.bfloat16, n)
+        peaks["bfloat16"] = matmul_flops_per_s(n, dtype="bfloat16")
     results = {"device": str(dev), "platform": dev.platform, "jax": jax.__version__,
                "layers": cfg.n_layer, "batch": [B, P + C, C], "model_init_s": init_s,
                "matmul_flops_per_s": peaks, "methods": {}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
 import jax
@@ -14,7 +15,7 @@ from .adapters import make_adapter
 from .encoding import (EncodedSequence, InputError, _as_list, _check_length, _check_nonempty,
                        _resolve_span, _strip_trailing_eos, align_contrast, encode_decoder_only,
                        encode_encoder_decoder, pad_batch, pad_contrast)
-from .methods import get_method
+from .methods import get_method, integrated_gradients
 from .pipeline import ModelBatch, attribute_batch, split_kwargs
 from .results import AttributionOutput, SequenceAttribution
 from .targets import get_target, target_needs
@@ -573,8 +574,8 @@ def _warn_if_not_converged(views, info: dict, *, rtol: float = 0.1) -> None:
     if not bad:
         return
     i, j, d, c = max(bad, key=lambda r: abs(r[2]) / max(abs(r[3]), 1e-30))
-    n_steps = info["method_kwargs"].get("n_steps", 50)
-    import warnings
+    default = inspect.signature(integrated_gradients).parameters["n_steps"].default
+    n_steps = info["method_kwargs"].get("n_steps", default)
     warnings.warn(
         f"Integrated gradients did not converge on {len(bad)} of {len(rows)} attributed steps: "
         f"the attributions miss s(x) - s(baseline) by more than {rtol:.0%} (worst: sequence "

@@ -46,8 +46,52 @@ class BatchAttribution:
                 & (self.target_mask[:, :, None] > 0) & (self.step_mask[:, None, :] > 0))
 
 
+class _Composable:
+    """The composable aggregation steps, shared by :class:`SequenceAttribution` (one view) and
+    :class:`AttributionOutput` (every sequence, and the device batches where they apply). Each
+    returns a new object of the same class; see :mod:`jaxattr.aggregate`."""
+
+    def reduce_hidden(self, how: Any = "vnorm"):
+        """Reduce the hidden axis: ``[R, T, H] -> [R, T]`` (:func:`jaxattr.aggregate.reduce_hidden`)."""
+        from . import aggregate as _agg
+        return _agg.reduce_hidden(self, how)
+
+    def normalize(self):
+        """Each column's absolute values sum to 1 (:func:`jaxattr.aggregate.normalize`)."""
+        from . import aggregate as _agg
+        return _agg.normalize(self)
+
+    def rescale(self):
+        """Each column's largest magnitude becomes 1 (:func:`jaxattr.aggregate.rescale`)."""
+        from . import aggregate as _agg
+        return _agg.rescale(self)
+
+    def merge_words(self, **kwargs):
+        """Merge subwords into words (:func:`jaxattr.aggregate.merge_words`)."""
+        from . import aggregate as _agg
+        return _agg.merge_words(self, **kwargs)
+
+    def merge_spans(self, **kwargs):
+        """Merge contiguous token spans (:func:`jaxattr.aggregate.merge_spans`)."""
+        from . import aggregate as _agg
+        return _agg.merge_spans(self, **kwargs)
+
+    def slice_tokens(self, **kwargs):
+        """Keep a range of positions (:func:`jaxattr.aggregate.slice_tokens`)."""
+        from . import aggregate as _agg
+        return _agg.slice_tokens(self, **kwargs)
+
+    def difference(self, other):
+        """``self - other`` for a minimal pair, sequence by sequence
+        (:func:`jaxattr.aggregate.difference`)."""
+        from . import aggregate as _agg
+        return _agg.difference(self, other)
+
+    __sub__ = difference
+
+
 @dataclasses.dataclass
-class SequenceAttribution:
+class SequenceAttribution(_Composable):
     """Host-side (numpy) attribution of one sequence, with Inseq's field names.
 
     Attributes:
@@ -80,43 +124,6 @@ class SequenceAttribution:
         from . import aggregate as _agg
         return _agg.aggregate_sequence(self, aggregator, **kwargs)
 
-    # -- composable aggregation (each returns a new view; see jaxattr.aggregate) -----------
-    def reduce_hidden(self, how: Any = "vnorm") -> "SequenceAttribution":
-        """Reduce the hidden axis: ``[R, T, H] -> [R, T]`` (:func:`jaxattr.aggregate.reduce_hidden`)."""
-        from . import aggregate as _agg
-        return _agg.reduce_hidden(self, how)
-
-    def normalize(self) -> "SequenceAttribution":
-        """Each column's absolute values sum to 1 (:func:`jaxattr.aggregate.normalize`)."""
-        from . import aggregate as _agg
-        return _agg.normalize(self)
-
-    def rescale(self) -> "SequenceAttribution":
-        """Each column's largest magnitude becomes 1 (:func:`jaxattr.aggregate.rescale`)."""
-        from . import aggregate as _agg
-        return _agg.rescale(self)
-
-    def merge_words(self, **kwargs) -> "SequenceAttribution":
-        """Merge subwords into words (:func:`jaxattr.aggregate.merge_words`)."""
-        from . import aggregate as _agg
-        return _agg.merge_words(self, **kwargs)
-
-    def merge_spans(self, **kwargs) -> "SequenceAttribution":
-        """Merge contiguous token spans (:func:`jaxattr.aggregate.merge_spans`)."""
-        from . import aggregate as _agg
-        return _agg.merge_spans(self, **kwargs)
-
-    def slice_tokens(self, **kwargs) -> "SequenceAttribution":
-        """Keep a range of positions (:func:`jaxattr.aggregate.slice_tokens`)."""
-        from . import aggregate as _agg
-        return _agg.slice_tokens(self, **kwargs)
-
-    def difference(self, other: "SequenceAttribution") -> "SequenceAttribution":
-        """``self - other`` for a minimal pair (:func:`jaxattr.aggregate.difference`)."""
-        from . import aggregate as _agg
-        return _agg.difference(self, other)
-
-    __sub__ = difference
 
     # -- export ------------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -176,7 +183,7 @@ class SequenceAttribution:
 
 
 @dataclasses.dataclass
-class AttributionOutput:
+class AttributionOutput(_Composable):
     """What ``model.attribute`` returns: per-sequence views plus the metadata of the run.
 
     Attributes:
@@ -211,43 +218,6 @@ class AttributionOutput:
         return AttributionOutput(
             [s.aggregate(aggregator, **kwargs) for s in self.sequence_attributions], info, [])
 
-    # -- composable aggregation (each returns a new output; see jaxattr.aggregate) --------
-    def reduce_hidden(self, how: Any = "vnorm") -> "AttributionOutput":
-        """Reduce the hidden axis of every sequence (and batch)."""
-        from . import aggregate as _agg
-        return _agg.reduce_hidden(self, how)
-
-    def normalize(self) -> "AttributionOutput":
-        """Each column's absolute values sum to 1, for every sequence (and batch)."""
-        from . import aggregate as _agg
-        return _agg.normalize(self)
-
-    def rescale(self) -> "AttributionOutput":
-        """Each column's largest magnitude becomes 1, for every sequence (and batch)."""
-        from . import aggregate as _agg
-        return _agg.rescale(self)
-
-    def merge_words(self, **kwargs) -> "AttributionOutput":
-        """Merge subwords into words in every sequence (:func:`jaxattr.aggregate.merge_words`)."""
-        from . import aggregate as _agg
-        return _agg.merge_words(self, **kwargs)
-
-    def merge_spans(self, **kwargs) -> "AttributionOutput":
-        """Merge the same spans in every sequence (:func:`jaxattr.aggregate.merge_spans`)."""
-        from . import aggregate as _agg
-        return _agg.merge_spans(self, **kwargs)
-
-    def slice_tokens(self, **kwargs) -> "AttributionOutput":
-        """Keep the same range of positions in every sequence."""
-        from . import aggregate as _agg
-        return _agg.slice_tokens(self, **kwargs)
-
-    def difference(self, other: "AttributionOutput") -> "AttributionOutput":
-        """Pairwise ``self[i] - other[i]`` (:func:`jaxattr.aggregate.difference`)."""
-        from . import aggregate as _agg
-        return _agg.difference(self, other)
-
-    __sub__ = difference
 
     # -- merging, export, save ----------------------------------------------------------------
     @classmethod

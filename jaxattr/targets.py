@@ -69,8 +69,7 @@ def _needs(*fields: str):
     built-in target scores step ``t`` from ``logits[:, t]`` alone."""
     def deco(fn):
         fn.needs = frozenset(fields)
-        fn.separable = True
-        return fn
+        return separable(fn)
     return deco
 
 

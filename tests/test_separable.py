@@ -137,7 +137,7 @@ def test_split_head_cuts_flops_and_memory(gpt2):
     assert costs[True][1] <= costs[False][1]
 
 
-def test_custom_separable_target_takes_the_split_path_with_equal_results(gpt2):
+def test_custom_target_marked_separable_gives_the_same_attributions(gpt2):
     def top_logit_gap(logits, batch):   # a custom, per-step score
         top2 = jax.lax.top_k(logits, 2)[0]
         return top2[..., 0] - top2[..., 1]
