@@ -46,10 +46,12 @@ class BatchAttribution:
                 & (self.target_mask[:, :, None] > 0) & (self.step_mask[:, None, :] > 0))
 
 
-class _Composable:
-    """The composable aggregation steps, shared by :class:`SequenceAttribution` (one view) and
-    :class:`AttributionOutput` (every sequence, and the device batches where they apply). Each
-    returns a new object of the same class; see :mod:`jaxattr.aggregate`."""
+class _ViewMethods:
+    """Methods shared by :class:`SequenceAttribution` (one view) and
+    :class:`AttributionOutput` (every sequence, and the device batches where they apply): the
+    composable aggregation steps, each returning a new object of the same class (see
+    :mod:`jaxattr.aggregate`), and rendering (``render/`` is imported lazily: computation code
+    never imports it)."""
 
     def reduce_hidden(self, how: Any = "vnorm"):
         """Reduce the hidden axis: ``[R, T, H] -> [R, T]`` (:func:`jaxattr.aggregate.reduce_hidden`)."""
@@ -89,9 +91,28 @@ class _Composable:
 
     __sub__ = difference
 
+    def to_text(self, **kwargs) -> str:
+        """Heatmap table(s) as text (:func:`jaxattr.render.text.to_text`)."""
+        from .render.text import to_text
+        return to_text(self, **kwargs)
+
+    def to_html(self, **kwargs) -> str:
+        """Self-contained HTML heatmap / report (:func:`jaxattr.render.html.to_html`)."""
+        from .render.html import to_html
+        return to_html(self, **kwargs)
+
+    def _repr_html_(self) -> str:
+        from .render.html import to_html
+        return to_html(self, full_page=False)
+
+    def show(self, **kwargs) -> None:
+        """Display in a notebook (HTML) or print to the terminal (text)."""
+        from .render import show
+        show(self, **kwargs)
+
 
 @dataclasses.dataclass
-class SequenceAttribution(_Composable):
+class SequenceAttribution(_ViewMethods):
     """Host-side (numpy) attribution of one sequence, with Inseq's field names.
 
     Attributes:
@@ -156,26 +177,7 @@ class SequenceAttribution(_Composable):
         from .io import to_dataframe
         return to_dataframe(self, aggregate=aggregate)
 
-    # -- rendering (render/ is imported lazily: computation code never imports it) --------
-    def to_text(self, **kwargs) -> str:
-        """Heatmap table as text (:func:`jaxattr.render.text.to_text`)."""
-        from .render.text import to_text
-        return to_text(self, **kwargs)
-
-    def to_html(self, **kwargs) -> str:
-        """Self-contained HTML heatmap (:func:`jaxattr.render.html.to_html`)."""
-        from .render.html import to_html
-        return to_html(self, **kwargs)
-
-    def _repr_html_(self) -> str:
-        from .render.html import to_html
-        return to_html(self, full_page=False)
-
-    def show(self, **kwargs) -> None:
-        """Display in a notebook (HTML) or print to the terminal (text)."""
-        from .render import show
-        show(self, **kwargs)
-
+    # -- rendering (to_text, to_html, show: see _ViewMethods) -------------------------------
     def to_figure(self, **kwargs):
         """Matplotlib heatmap figure (needs matplotlib; :func:`jaxattr.render.figure.to_figure`)."""
         from .render.figure import to_figure
@@ -183,7 +185,7 @@ class SequenceAttribution(_Composable):
 
 
 @dataclasses.dataclass
-class AttributionOutput(_Composable):
+class AttributionOutput(_ViewMethods):
     """What ``model.attribute`` returns: per-sequence views plus the metadata of the run.
 
     Attributes:
@@ -260,26 +262,6 @@ class AttributionOutput(_Composable):
         """Write a readable JSON file (:func:`jaxattr.io.save`; ``.gz`` paths are gzipped)."""
         from .io import save
         save(self, path, **kwargs)
-
-    # -- rendering (render/ is imported lazily: computation code never imports it) --------
-    def to_text(self, **kwargs) -> str:
-        """Heatmap tables as text (:func:`jaxattr.render.text.to_text`)."""
-        from .render.text import to_text
-        return to_text(self, **kwargs)
-
-    def to_html(self, **kwargs) -> str:
-        """Self-contained HTML report (:func:`jaxattr.render.html.to_html`)."""
-        from .render.html import to_html
-        return to_html(self, **kwargs)
-
-    def _repr_html_(self) -> str:
-        from .render.html import to_html
-        return to_html(self, full_page=False)
-
-    def show(self, **kwargs) -> None:
-        """Display in a notebook (HTML) or print to the terminal (text)."""
-        from .render import show
-        show(self, **kwargs)
 
 
 #: ``info`` fields that must agree for :meth:`AttributionOutput.merge`.
