@@ -123,3 +123,37 @@ def test_mt_attribute(mt):
     assert [seq.target[i] for i in e["gender_steps"]] == [
         e["target"].split()[i - 1] for i in e["gender_steps"]]
     assert np.isfinite(np.asarray(seq.source_attributions)).all()
+
+
+def _plausibility_module():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "plausibility.py"
+    spec = importlib.util.spec_from_file_location("_plausibility", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_plausibility_rank():
+    rank = _plausibility_module()._rank
+    col = np.array([9.0, 0.5, np.nan, 0.3, 0.4])
+    assert rank(col, 3, exclude=(0,)) == 3        # 0.5 and 0.4 above; 9.0 excluded, NaN last
+    assert rank(col, 1, exclude=(0,)) == 1
+    assert rank(col, 1) == 2
+    assert rank(-col, 3, exclude=(0,)) == 1       # signed: the largest value ranks first
+
+
+def test_plausibility_benchmark_on_toy_recall():
+    # The shipped model's cue is recovered by the gradient methods on fresh examples, and at
+    # the benchmark's IG step count completeness holds on every example (an exact property of
+    # converged integrated gradients, independent of plausibility).
+    rows = _plausibility_module().recall(40, FRESH_SEED, 40, 128)
+    by_method = {r[1]: r for r in rows}
+    assert set(by_method) == {"saliency", "input_x_gradient", "integrated_gradients",
+                              "gradient_shap", "occlusion", "attention"}
+    _, _, sal_top1, sal_rank, *_ = by_method["saliency"]
+    assert sal_top1 >= 85 and sal_rank < 1.3
+    _, _, _, _, ig_sum_top1, _, ig_not_converged, n = by_method["integrated_gradients"]
+    assert n == 40 and ig_not_converged == 0 and ig_sum_top1 >= 80
+    assert np.isnan(by_method["attention"][4])    # attention has no hidden axis to sum
