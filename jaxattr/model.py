@@ -17,6 +17,7 @@ from .encoding import (EncodedSequence, InputError, _as_list, _check_length, _ch
                        encode_encoder_decoder, pad_batch, pad_contrast)
 from .methods import get_method, integrated_gradients
 from .pipeline import ModelBatch, attribute_batch, split_kwargs
+from .prefix_groups import check_prefix_groups
 from .results import AttributionOutput, SequenceAttribution
 from .targets import get_target, target_needs
 
@@ -255,7 +256,10 @@ class AttributionModel:
             (by default a step-separable attributed function — every built-in one, or one
             marked with :func:`jaxattr.targets.separable` — back-propagates through the
             language-model head once instead of once per generated token; same results,
-            fewer FLOPs and much less memory).
+            fewer FLOPs and much less memory). ``prefix_groups`` (causal decoders: ``"auto"``
+            by default, an int ``K``, or 1 for off) attributes contiguous groups of generated
+            tokens on the shortest prefix they can see (:mod:`jaxattr.prefix_groups`): same
+            results, up to ~30% fewer FLOPs for long continuations.
 
         Returns:
           :class:`~jaxattr.results.AttributionOutput` with one
@@ -339,6 +343,8 @@ class AttributionModel:
         texts = _as_list(input_texts, "input_texts")
         layer = kwargs.pop("layer", None)
         split_head = bool(kwargs.pop("split_head", True))
+        prefix_groups = kwargs.pop("prefix_groups", "auto")
+        check_prefix_groups(prefix_groups)
         aggregator = kwargs.pop("aggregator", None) or (
             "mean" if method == "attention" else "vnorm")
         if layer is not None:
@@ -420,7 +426,8 @@ class AttributionModel:
                     step_fns=step_fns, attribute_source=attribute_source,
                     attribute_target=attribute_target, contrast_forward=contrast_forward,
                     n_dropout=n_dropout, layer=layer,
-                    reduce_hidden=None if granular else aggregator, split_head=split_head)
+                    reduce_hidden=None if granular else aggregator, split_head=split_head,
+                    prefix_groups=prefix_groups)
         info = {
             "model": self.name,
             "model_class": type(self.hf_model).__name__,
