@@ -2,7 +2,7 @@
 batch, by continuation length.
 
     . .venv/bin/activate
-    python benchmarks/prefix_groups.py                   # ~5 min on 2 cores
+    python benchmarks/prefix_groups.py                   # ~6 min on 2 cores
     python benchmarks/prefix_groups.py --cont 16,48 --repeats 3 --batch 2
 
 Same GPT-2-124M-sized checkpoint as side_by_side.py; two passages are joined so continuations
@@ -11,7 +11,8 @@ saliency (``probability`` target) runs with ``prefix_groups=1`` (the one-pass pr
 ``"auto"``; the script prints the groups "auto" chose, XLA's FLOP count of each (the grouped
 one summed over its group programs), the cold time (first call, compilation included) and
 the median warm time of ``--repeats`` round-robin rounds, and checks that both give the same
-attributions. ``--ig-steps N`` adds the FLOP count (compile only, not run) of integrated
+attributions. Cold means compiled from scratch: JAX's in-memory caches are cleared before each
+first call and jaxattr's persistent compilation cache is off for this script. ``--ig-steps N`` adds the FLOP count (compile only, not run) of integrated
 gradients with N steps.
 """
 from __future__ import annotations
@@ -50,6 +51,7 @@ def main(argv=None):
     ap.add_argument("--ig-steps", type=int, default=0)
     args = ap.parse_args(argv)
 
+    os.environ["JAXATTR_CACHE_DIR"] = "0"    # cold times compile, not load from disk
     import jax
     import numpy as np
 
@@ -86,6 +88,7 @@ def main(argv=None):
         progs, cold, out = {}, {}, {}
         for name, pg in (("one-pass", 1), ("auto", "auto")):
             fn = lambda pg=pg: model.attribute(list(prompts), list(gens), prefix_groups=pg, **kw)  # noqa: E731
+            jax.clear_caches()     # cold: compile everything (the persistent cache is off)
             t = time.perf_counter()
             out[name] = fn()
             cold[name] = time.perf_counter() - t

@@ -259,7 +259,7 @@ class AttributionModel:
             fewer FLOPs and much less memory). ``prefix_groups`` (causal decoders: ``"auto"``
             by default, an int ``K``, or 1 for off) attributes contiguous groups of generated
             tokens on the shortest prefix they can see (:mod:`jaxattr.prefix_groups`): same
-            results, up to ~30% fewer FLOPs for long continuations.
+            results, a third fewer FLOPs for long continuations.
 
         Returns:
           :class:`~jaxattr.results.AttributionOutput` with one

@@ -20,19 +20,22 @@ SHARDED_SCRIPT = textwrap.dedent("""
         for method, kw in methods:
             one = model.attribute(a, b, method=method, attribute_target=True,
                                   step_scores=("probability",), **kw)
-            sh = model.attribute(a, b, method=method, attribute_target=True, mesh="auto",
-                                 step_scores=("probability",), **kw)
-            res = sh.batches[0].target_attributions
-            assert len(res.sharding.device_set) == 4, res.sharding
-            for x, y in zip(one.sequence_attributions, sh.sequence_attributions):
-                for u, v in [(x.target_attributions, y.target_attributions),
-                             (x.source_attributions, y.source_attributions)]:
-                    if u is None:
-                        continue
-                    assert np.array_equal(np.isnan(u), np.isnan(v))
-                    worst = max(worst, float(np.nanmax(np.abs(u - v)) / np.nanmax(np.abs(u))))
-                np.testing.assert_allclose(x.step_scores["probability"],
-                                           y.step_scores["probability"], rtol=1e-5)
+            # decoder-only: also sharded with prefix groups (device-side slicing + stitching)
+            for extra in ([{{}}, {{"prefix_groups": 2}}] if arch == "gpt2" else [{{}}]):
+                sh = model.attribute(a, b, method=method, attribute_target=True, mesh="auto",
+                                     step_scores=("probability",), **kw, **extra)
+                res = sh.batches[0].target_attributions
+                assert len(res.sharding.device_set) == 4, res.sharding
+                for x, y in zip(one.sequence_attributions, sh.sequence_attributions):
+                    for u, v in [(x.target_attributions, y.target_attributions),
+                                 (x.source_attributions, y.source_attributions)]:
+                        if u is None:
+                            continue
+                        assert np.array_equal(np.isnan(u), np.isnan(v))
+                        worst = max(worst,
+                                    float(np.nanmax(np.abs(u - v)) / np.nanmax(np.abs(u))))
+                    np.testing.assert_allclose(x.step_scores["probability"],
+                                               y.step_scores["probability"], rtol=1e-5)
     print("WORST", worst)
     assert worst <= 1e-5, worst
 """)
