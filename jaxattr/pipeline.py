@@ -342,10 +342,10 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
         shortest prefix they need (:mod:`jaxattr.prefix_groups`; same values, fewer FLOPs
         for long continuations). ``"auto"`` (default) splits into up to 4 groups when the
         cost model saves >= 15% and the one-pass program is big (>= 1e11 FLOPs, so that
-        running, not compiling, dominates); an int ``K`` asks for ``K`` groups, 1 for none. Applies when
-        the batch is concrete (not traced by an outer ``jit``), the target and step scores
-        are step-separable, no layer, MC dropout or per-position baseline array is used;
-        otherwise the one-pass program runs.
+        running, not compiling, dominates); an int ``K`` asks for ``K`` groups, 1 for none.
+        Applies when the batch is concrete (not traced by an outer ``jit``), the target and
+        step scores are step-separable, and no layer, MC dropout or per-position baseline
+        array is used; otherwise the one-pass program runs.
       jit: run through the cached ``jax.jit`` (default) or eagerly.
 
     Returns:
@@ -360,10 +360,8 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                              split_head=split_head)
     check_prefix_groups(prefix_groups)
     groups = ()
-    if (method != "attention" and not adapter.is_encoder_decoder and layer is None
-            and not n_dropout and not isinstance(batch.step_positions, jax.core.Tracer)
-            and all(is_separable(f) for f in (target_fn, *(f for _, f, _ in step_fns)))
-            and (baseline is None or (not isinstance(baseline, dict) and jnp.ndim(baseline) < 2))):
+    if _groupable(adapter, batch, baseline, method=method, target_fn=target_fn,
+                  step_fns=step_fns, n_dropout=n_dropout, layer=layer):
         (B, L), T = batch.target_ids.shape, batch.step_mask.shape[1]
         n_params = sum(x.size for x in jax.tree_util.tree_leaves(adapter.params))
         groups = plan_prefix_groups(np.asarray(batch.step_positions), L, prefix_groups,
@@ -373,6 +371,18 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
     parts = [fn(adapter, truncate_batch(batch, a, b, p), *args[2:], **kwargs)
              for a, b, p in groups]
     return stitch_groups(parts, batch)
+
+
+def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropout,
+               layer) -> bool:
+    """Prefix groups give the one-pass result: a causal decoder, embeddings attributed, step
+    scores that read their own step only, no MC dropout (its keys would differ), a baseline
+    without a position axis, and step positions known on the host (not under an outer jit)."""
+    return (method != "attention" and not adapter.is_encoder_decoder and layer is None
+            and not n_dropout and not isinstance(batch.step_positions, jax.core.Tracer)
+            and all(is_separable(f) for f in (target_fn, *(f for _, f, _ in step_fns)))
+            and (baseline is None
+                 or (not isinstance(baseline, dict) and jnp.ndim(baseline) < 2)))
 
 
 def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,

@@ -25,9 +25,9 @@ __all__ = ["check_prefix_groups", "plan_prefix_groups", "truncate_batch", "stitc
            "one_pass_flops", "AUTO_MAX_GROUPS", "AUTO_MIN_SAVING", "AUTO_NEAR_BEST",
            "AUTO_MIN_FLOPS"]
 
-AUTO_MAX_GROUPS = 4      # "auto" tries K = 1..4 (each group is one more compiled program)
+AUTO_MAX_GROUPS = 4      # "auto" tries K = 2..4 (each group is one more compiled program)
 AUTO_MIN_SAVING = 0.15   # ... splits only when the cost model saves at least this much
-AUTO_NEAR_BEST = 0.05   # ... with the fewest groups whose cost is within 5% of the best
+AUTO_NEAR_BEST = 0.05    # ... with the fewest groups whose cost is within 5% of the best
 AUTO_MIN_FLOPS = 1e11    # ... and only programs this big, whose run time, not compilation
                          # (which grows with the number of groups), dominates a call
 _ROUND = 8               # prefix lengths are rounded up to a multiple of 8 (fewer programs)
