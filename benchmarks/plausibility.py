@@ -34,6 +34,7 @@ import warnings
 import numpy as np
 
 import jaxattr
+from jaxattr.model import completeness
 from jaxattr.zoo import tasks
 
 
@@ -57,12 +58,9 @@ def _rank(column: np.ndarray, cue: int, exclude=()) -> int:
 
 def _not_converged(seq_sum, rtol: float = 0.1) -> bool:
     """``|delta| > rtol · |s(x) − s(baseline)|`` for the first attributed step of one
-    sequence, from its unnormalised summed view (``Σ attributions = change + delta``)."""
-    delta = float(np.asarray(seq_sum.step_scores["deltas"])[0])
-    total = sum(float(np.nansum(a[:, 0])) for a in (seq_sum.source_attributions,
-                                                     seq_sum.target_attributions)
-                if a is not None)
-    return abs(delta) > rtol * abs(total - delta)
+    sequence, from its unnormalised summed view."""
+    delta, change = completeness(seq_sum)
+    return abs(delta[0]) > rtol * abs(change[0])
 
 
 def _run(model, examples, method, kw, batch, call, column, exclude):

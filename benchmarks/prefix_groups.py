@@ -58,7 +58,7 @@ def main(argv=None):
     import jaxattr
     import _workload as w
     from jaxattr import pipeline
-    from jaxattr.prefix_groups import plan_prefix_groups, truncate_batch
+    from jaxattr.prefix_groups import truncate_batch
     from profile_pipeline import xla_flops
 
     model = jaxattr.load_model(w.ensure_checkpoint())
@@ -67,15 +67,10 @@ def main(argv=None):
     for cont in [int(c) for c in args.cont.split(",")]:
         prompts, gens = zip(*pairs(model.tokenizer, args.batch, cont))
         kw = dict(method="saliency", show_progress=False, batch_size=args.batch)
-        plan = model._plan(list(prompts), list(gens), method="saliency",
-                           attributed_fn="probability", step_scores=(), attribute_target=False,
-                           attr_pos_start=None, attr_pos_end=None, batch_size=args.batch,
-                           generation_args=None, baseline="unk", contrast_targets=None,
-                           contrast_sources=None, contrast_targets_alignments=None,
-                           contrast_force_inputs=False, granular=True, mesh=None, kwargs={})
+        plan = model._plan_from_kwargs(list(prompts), list(gens), **kw)
         batch = model._batch(plan, plan.chunks[0])
         L = batch.target_ids.shape[1]
-        groups = plan_prefix_groups(np.asarray(batch.step_positions), L, "auto")
+        groups = pipeline._prefix_plan(model.adapter, batch, "auto")   # what "auto" runs
         call = {k: v for k, v in plan.call.items() if k != "prefix_groups"}
 
         def flops(call):
@@ -93,10 +88,9 @@ def main(argv=None):
             out[name] = fn()
             cold[name] = time.perf_counter() - t
             progs[name] = fn
-        a = np.concatenate([np.nan_to_num(np.asarray(s.target_attributions)).ravel()
-                            for s in out["one-pass"].sequence_attributions])
-        b = np.concatenate([np.nan_to_num(np.asarray(s.target_attributions)).ravel()
-                            for s in out["auto"].sequence_attributions])
+        a, b = (np.concatenate([np.nan_to_num(np.asarray(s.target_attributions)).ravel()
+                                for s in out[name].sequence_attributions])
+                for name in ("one-pass", "auto"))
         err = np.max(np.abs(a - b)) / np.max(np.abs(a))
         f_one, f_split = flops(call)
         times = {name: [] for name in progs}
@@ -113,9 +107,10 @@ def main(argv=None):
             g_one, g_split = flops(ig_call)
             ig = f"; IG ({args.ig_steps} steps) {g_one / 1e9:.0f} -> {g_split / 1e9:.0f} GFLOP"
         rows.append((cont, L, groups, f_one, f_split, cold, warm, err))
+        rounds = ", ".join(f"{k} " + " ".join(f"{x:.2f}" for x in v) for k, v in times.items())
         print(f"16 + {cont} (L={L}): groups {groups}; saliency {f_one / 1e9:.0f} -> "
               f"{f_split / 1e9:.0f} GFLOP; cold {cold['one-pass']:.1f} -> {cold['auto']:.1f} s; "
-              f"warm {warm['one-pass']:.2f} -> {warm['auto']:.2f} s ({', '.join(f'{k} ' + ' '.join(f'{x:.2f}' for x in v) for k, v in times.items())}); "
+              f"warm {warm['one-pass']:.2f} -> {warm['auto']:.2f} s ({rounds}); "
               f"max |diff| / max |attr| {err:.1e}{ig} (load {os.getloadavg()[0]:.1f})",
               flush=True)
     print(f"\n=== prefix groups, saliency, batch {args.batch}, GPT-2-124M size ===")

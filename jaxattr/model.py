@@ -21,7 +21,7 @@ from .prefix_groups import check_prefix_groups
 from .results import AttributionOutput, SequenceAttribution
 from .targets import get_target, target_needs
 
-__all__ = ["AttributionModel", "load_model"]
+__all__ = ["AttributionModel", "load_model", "completeness"]
 
 BASELINES = ("unk", "pad", "zeros")
 
@@ -305,20 +305,7 @@ class AttributionModel:
         arguments + outputs + temporaries (the peak is bounded by ``batch_size`` and, for IG,
         ``internal_batch_size``).
         """
-        attribute_kwargs.pop("show_progress", None)
-        attribute_kwargs.pop("jit", None)
-        names = ("method", "attributed_fn", "step_scores", "attribute_target", "attr_pos_start",
-                 "attr_pos_end", "batch_size", "generation_args", "baseline",
-                 "contrast_targets", "contrast_sources", "contrast_targets_alignments",
-                 "contrast_force_inputs", "granular", "mesh")
-        defaults = dict(method="saliency", attributed_fn="probability", step_scores=(),
-                        attribute_target=False, attr_pos_start=None, attr_pos_end=None,
-                        batch_size=None, generation_args=None, baseline="unk",
-                        contrast_targets=None, contrast_sources=None,
-                        contrast_targets_alignments=None, contrast_force_inputs=False,
-                        granular=True, mesh=None)
-        opts = {k: attribute_kwargs.pop(k, defaults[k]) for k in names}
-        plan = self._plan(input_texts, generated_texts, kwargs=attribute_kwargs, **opts)
+        plan = self._plan_from_kwargs(input_texts, generated_texts, **attribute_kwargs)
         chunk = max(plan.chunks, key=lambda c: max(len(plan.seqs[i].target_ids) for i in c))
         batch = self._batch(plan, chunk)
         from .pipeline import compiled_attribute
@@ -332,6 +319,18 @@ class AttributionModel:
         out["n_batches"] = len(plan.chunks)
         out["batch_shape"] = tuple(batch.target_ids.shape)
         return out
+
+    def _plan_from_kwargs(self, input_texts, generated_texts=None,
+                          **attribute_kwargs) -> "_Plan":
+        """:meth:`_plan` for the arguments of :meth:`attribute`, its defaults filling in the
+        options not given (``show_progress`` and ``jit`` are ignored)."""
+        attribute_kwargs.pop("show_progress", None)
+        attribute_kwargs.pop("jit", None)
+        defaults = inspect.signature(self.attribute).parameters
+        names = [n for n in inspect.signature(self._plan).parameters
+                 if n not in ("input_texts", "generated_texts", "kwargs")]
+        opts = {k: attribute_kwargs.pop(k, defaults[k].default) for k in names}
+        return self._plan(input_texts, generated_texts, kwargs=attribute_kwargs, **opts)
 
     def _plan(self, input_texts, generated_texts, *, method, attributed_fn, step_scores,
               attribute_target, attr_pos_start, attr_pos_end, batch_size, generation_args,
@@ -558,6 +557,20 @@ class AttributionModel:
             target_ids=list(seq.target_ids))
 
 
+def completeness(view) -> tuple:
+    """``(delta[T], change[T])`` of an integrated-gradients view: its completeness error
+    (step score ``deltas``) and ``s(x) - s(baseline)`` per step, read as ``Σ attributions -
+    delta``. Needs attributions that still sum: granular, or aggregated with ``"sum"`` and
+    ``normalize=False``."""
+    delta = np.asarray(view.step_scores["deltas"], np.float64)
+    total = np.zeros_like(delta)
+    for attr in (view.source_attributions, view.target_attributions):
+        if attr is not None:
+            attr = np.asarray(attr)
+            total += np.nansum(attr.reshape(attr.shape[:2] + (-1,)), axis=(0, 2))
+    return delta, total - delta
+
+
 def _warn_if_not_converged(views, info: dict, *, rtol: float = 0.1) -> None:
     """Warn when integrated gradients misses completeness by more than ``rtol`` of the score
     change on some step: ``|delta| > rtol * |s(x) - s(baseline)|`` (ignoring steps whose change
@@ -565,14 +578,9 @@ def _warn_if_not_converged(views, info: dict, *, rtol: float = 0.1) -> None:
     read from the host views; needs attributions that still sum (granular, or summed)."""
     rows = []
     for i, view in enumerate(views):
-        delta = view.step_scores.get("deltas")
-        if delta is None:
+        if "deltas" not in view.step_scores:
             return
-        total = np.zeros_like(delta, dtype=np.float64)
-        for attr in (view.source_attributions, view.target_attributions):
-            if attr is not None:
-                total += np.nansum(attr.reshape(attr.shape[:2] + (-1,)), axis=(0, 2))
-        change = total - delta
+        delta, change = completeness(view)
         rows += [(i, j, float(d), float(c)) for j, (d, c) in enumerate(zip(delta, change))]
     if not rows:
         return

@@ -362,15 +362,21 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
     groups = ()
     if _groupable(adapter, batch, baseline, method=method, target_fn=target_fn,
                   step_fns=step_fns, n_dropout=n_dropout, layer=layer):
-        (B, L), T = batch.target_ids.shape, batch.step_mask.shape[1]
-        n_params = sum(x.size for x in jax.tree_util.tree_leaves(adapter.params))
-        groups = plan_prefix_groups(np.asarray(batch.step_positions), L, prefix_groups,
-                                    flops=one_pass_flops(n_params, B, L, T))
+        groups = _prefix_plan(adapter, batch, prefix_groups)
     if len(groups) <= 1:
         return fn(*args, **kwargs)
     parts = [fn(adapter, truncate_batch(batch, a, b, p), *args[2:], **kwargs)
              for a, b, p in groups]
     return stitch_groups(parts, batch)
+
+
+def _prefix_plan(adapter: ModelAdapter, batch: ModelBatch, prefix_groups) -> tuple:
+    """The prefix groups ``((a, b, P), ...)`` for a batch the pipeline may group, sized by
+    the one-pass program's FLOPs (:func:`jaxattr.prefix_groups.plan_prefix_groups`)."""
+    (B, L), T = batch.target_ids.shape, batch.step_mask.shape[1]
+    n_params = sum(x.size for x in jax.tree_util.tree_leaves(adapter.params))
+    return plan_prefix_groups(np.asarray(batch.step_positions), L, prefix_groups,
+                              flops=one_pass_flops(n_params, B, L, T))
 
 
 def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropout,

@@ -48,7 +48,6 @@ def test_relative_position_buckets_match_numpy_reference():
 
 
 def test_attach_params_to_a_model_built_without_init():
-    import jax.numpy as jnp
     from transformers import FlaxGPT2LMHeadModel
 
     from jaxattr._compat import attach_params

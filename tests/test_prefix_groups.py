@@ -23,8 +23,9 @@ def test_plan_hand_computed():
     # prefixes round up to a multiple of 8 and never exceed L
     pos2 = np.stack([np.arange(3, 9), np.arange(5, 11)])
     assert plan_prefix_groups(pos2, 13, 2) == ((0, 3, 8), (3, 6, 13))
-    assert plan_prefix_groups(pos2, 13, 10) == tuple((t, t + 1, min(13, 8 * -(-(6 + t) // 8)))
-                                                     for t in range(6))
+    # one step per group: step t needs 6 + t positions -> 8 for t <= 2, then 16 capped at 13
+    assert plan_prefix_groups(pos2, 13, 10) == ((0, 1, 8), (1, 2, 8), (2, 3, 8), (3, 4, 13),
+                                                (4, 5, 13), (5, 6, 13))
 
 
 def test_plan_auto_splits_long_continuations():
@@ -99,12 +100,7 @@ def test_groups_equal_one_pass_contrastive(gpt2):
 
 
 def _batch(model, prompts, full):
-    plan = model._plan(prompts, full, method="saliency", attributed_fn="probability",
-                       step_scores=(), attribute_target=False, attr_pos_start=None,
-                       attr_pos_end=None, batch_size=None, generation_args=None,
-                       baseline="unk", contrast_targets=None, contrast_sources=None,
-                       contrast_targets_alignments=None, contrast_force_inputs=False,
-                       granular=True, mesh=None, kwargs={})
+    plan = model._plan_from_kwargs(prompts, full, method="saliency")
     return model._batch(plan, plan.chunks[0])
 
 

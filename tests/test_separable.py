@@ -119,12 +119,7 @@ def test_split_head_cuts_flops_and_memory(gpt2):
     from jaxattr.pipeline import compiled_attribute
     costs = {}
     for split in (True, False):
-        plan = gpt2._plan(PROMPTS, FULL, method="saliency", attributed_fn="probability",
-                          step_scores=(), attribute_target=False, attr_pos_start=None,
-                          attr_pos_end=None, batch_size=None, generation_args=None,
-                          baseline="unk", contrast_targets=None, contrast_sources=None,
-                          contrast_targets_alignments=None, contrast_force_inputs=False,
-                          granular=True, mesh=None, kwargs={"split_head": split})
+        plan = gpt2._plan_from_kwargs(PROMPTS, FULL, method="saliency", split_head=split)
         batch = gpt2._batch(plan, plan.chunks[0])
         compiled = compiled_attribute(gpt2.adapter, batch, plan.baseline_arrays, **plan.call)
         cost = compiled.cost_analysis()
@@ -151,13 +146,8 @@ def test_custom_target_marked_separable_gives_the_same_attributions(gpt2):
 def test_gradient_of_a_pipeline_attribution_wrt_parameters(marian):
     """Second order through the split head, including final_logits_bias (added after the head)."""
     model = marian
-    mb = model._batch(model._plan(SOURCES[:1], TGT[:1], method="input_x_gradient",
-                                  attributed_fn="probability", step_scores=(),
-                                  attribute_target=False, attr_pos_start=None,
-                                  attr_pos_end=None, batch_size=None, generation_args=None,
-                                  baseline="unk", contrast_targets=None, contrast_sources=None,
-                                  contrast_targets_alignments=None, contrast_force_inputs=False,
-                                  granular=True, mesh=None, kwargs={}), [0])
+    mb = model._batch(model._plan_from_kwargs(SOURCES[:1], TGT[:1],
+                                              method="input_x_gradient"), [0])
 
     def loss(params, split):
         res = pipeline.attribute_batch(

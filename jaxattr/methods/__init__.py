@@ -12,7 +12,8 @@ from .quadrature import QUADRATURE_RULES, quadrature
 from .separable import is_separable, separable, step_separable
 from .sequential_integrated_gradients import sequential_integrated_gradients
 
-__all__ = ["per_output_grads", "step_separable", "separable", "is_separable", "saliency", "input_x_gradient", "integrated_gradients",
+__all__ = ["per_output_grads", "step_separable", "separable", "is_separable", "saliency",
+           "input_x_gradient", "integrated_gradients",
            "gradient_shap", "sequential_integrated_gradients", "occlusion",
            "smoothgrad", "smoothgrad_sq", "vargrad", "noise_tunnel", "NOISE_TUNNEL_TYPES",
            "quadrature", "QUADRATURE_RULES", "METHODS", "get_method"]
