@@ -1,9 +1,12 @@
-"""JAX's persistent compilation cache, on by default for jaxattr.
+"""JAX's persistent compilation cache: on by default in the CLI, one explicit call in Python.
 
 Compiling the attribution program dominates a cold start (seconds on CPU); the persistent cache
 stores compiled programs on disk so a new process with the same model and length bucket skips
-compilation. Location: ``$JAXATTR_CACHE_DIR`` (default ``~/.cache/jaxattr/xla``); set it to an
-empty string or ``0`` to disable. A cache directory the user configured for JAX is kept.
+compilation. The ``jaxattr`` command line turns it on; a Python program calls
+:func:`enable_compilation_cache` itself (a library does not change the global ``jax.config``
+or write under ``~/.cache`` behind its user's back). Location: ``$JAXATTR_CACHE_DIR`` (default
+``~/.cache/jaxattr/xla``); set it to an empty string or ``0`` to disable. A cache directory the
+user configured for JAX is kept.
 """
 from __future__ import annotations
 
@@ -27,7 +30,9 @@ def cache_dir() -> Optional[str]:
 
 def enable_compilation_cache(path: Optional[str] = None, *, min_compile_time_secs: float = 0.5,
                              force: bool = False) -> Optional[str]:
-    """Turn on JAX's persistent compilation cache (once per process).
+    """Turn on JAX's persistent compilation cache (once per process): sets
+    ``jax_compilation_cache_dir`` in the global ``jax.config``. The CLI calls it; in Python
+    call it once, before the first ``attribute``, to reuse compiled programs across processes.
 
     Args:
       path: cache directory; default :func:`cache_dir`.

@@ -365,15 +365,16 @@ def aggregate_sequence(seq, aggregator: Any = None, *, normalize: bool = True):
 
     Args:
       seq: the sequence view; attributions ``[R, T, H]``.
-      aggregator: ``"vnorm"`` (default), ``"sum"``, ``"mean"``, ``"absmax"`` or a function
-        ``[R, T, H] -> [R, T]``.
+      aggregator: ``"vnorm"``, ``"sum"``, ``"mean"``, ``"absmax"`` or a function
+        ``[R, T, H] -> [R, T]``; default: the view's ``default_aggregator`` (``"mean"`` over
+        layers and heads for attention weights), else ``"vnorm"``.
       normalize: make each column's absolute values sum to 1 over source and target rows.
 
     Returns:
       A new view with ``[R, T]`` attributions. Already-aggregated (2-D) views are only
       normalised.
     """
-    out = reduce_hidden(seq, aggregator or "vnorm")
+    out = reduce_hidden(seq, aggregator or getattr(seq, "default_aggregator", None) or "vnorm")
     return _normalize(out) if normalize else out
 
 
@@ -477,7 +478,39 @@ def word_groups(tokens: Sequence[str], *, scheme: str = "auto", tokenizer: Any =
 def _join(tokens: Sequence[str], scheme: str) -> str:
     if scheme == "wordpiece":
         return tokens[0] + "".join(t[2:] if t.startswith("##") else t for t in tokens[1:])
+    if scheme == "bytelevel":
+        return bytelevel_to_text("".join(tokens))
     return "".join(tokens)
+
+
+def _byte_alphabet() -> dict:
+    """Byte-level BPE's alphabet (GPT-2, RoBERTa, …): ``{character: byte}``. Printable
+    Latin-1 bytes stand for themselves; the others (controls, space, 0x7f-0xa0, 0xad) are
+    shifted to ``chr(256 + k)`` in byte order, which is why a space shows as ``Ġ``."""
+    printable = [b for b in range(256)
+                 if 0x21 <= b <= 0x7E or 0xA1 <= b <= 0xAC or 0xAE <= b <= 0xFF]
+    shifted = [b for b in range(256) if b not in set(printable)]
+    table = {chr(b): b for b in printable}
+    table.update({chr(256 + k): b for k, b in enumerate(shifted)})
+    return table
+
+
+_BYTE_OF = _byte_alphabet()
+_MARKER_OF = {" ": "Ġ", "\n": "Ċ", "\t": "ĉ"}
+
+
+def bytelevel_to_text(word: str) -> str:
+    """A byte-level token (or merged word) as the text it encodes, keeping the ``Ġ``/``Ċ``/
+    ``ĉ`` markers: ``"ĠHÃ©llo"`` -> ``"ĠHéllo"``. Returned unchanged when it is not a whole
+    UTF-8 sequence (e.g. a character split across words) or not byte-level at all."""
+    if all(ord(ch) < 0x80 or ch in _BYTELEVEL_SPACE for ch in word):
+        return word
+    try:
+        raw = bytes(_BYTE_OF[ch] for ch in word)
+        text = raw.decode("utf-8")
+    except (KeyError, UnicodeDecodeError):
+        return word
+    return "".join(_MARKER_OF.get(ch, ch) for ch in text)
 
 
 # --------------------------------------------------------------------------- merging
@@ -586,7 +619,8 @@ def merge_words(x, *, tokenizer: Any = None, scheme: str = "auto",
     Word boundaries follow the tokenizer's convention (see :func:`word_groups`): byte-level
     ``Ġ``, sentencepiece ``▁`` or WordPiece ``##``. Target words are split where the
     attributed tokens begin and end (``attr_pos_start``/``attr_pos_end``). Merged tokens are
-    the concatenated pieces (WordPiece markers dropped).
+    the concatenated pieces (WordPiece markers dropped; byte-level pieces decoded to the text
+    they encode, ``HÃ©llo`` -> ``Héllo``, word markers ``Ġ`` kept).
 
     Args:
       x: a :class:`SequenceAttribution` or :class:`AttributionOutput`.

@@ -74,6 +74,7 @@ def _attribute_kwargs(args) -> dict:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     import jaxattr
+    jaxattr.enable_compilation_cache()  # the CLI's cold start: reuse compiled programs
     try:
         model = jaxattr.load_model(args.model)
         kwargs = _attribute_kwargs(args)

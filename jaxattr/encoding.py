@@ -69,12 +69,28 @@ def _check_length(n, max_positions, what, i):
             "Shorten the text (or split it) so it fits.")
 
 
+def _position(value, name):
+    """An integer position argument (``attr_pos_start`` / ``attr_pos_end``), validated."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise InputError(f"{name} must be an integer position (negative counts from the end of "
+                         f"the target), got {value!r}.")
+    return int(value)
+
+
 def _resolve_span(n, n_prefix, start, end, i):
-    """Validate ``attr_pos_start/end`` against a target of ``n`` tokens."""
-    s = n_prefix if start is None else int(start)
-    e = n if end is None else int(end)
-    if e < 0:
-        e += n
+    """Validate ``attr_pos_start/end`` against a target of ``n`` tokens.
+
+    Both are positions in the target; a negative one counts from its end (``-1`` is the last
+    token), as Python slices do. Position 0 has no token before it, so a start of 0 means 1;
+    an end past the target means its end.
+    """
+    s = n_prefix if start is None else _position(start, "attr_pos_start")
+    e = n if end is None else _position(end, "attr_pos_end")
+    for name, value, given in (("attr_pos_start", s, start), ("attr_pos_end", e, end)):
+        if value < -n:
+            raise InputError(f"sequence {i}: {name}={given} counts back past the start of a "
+                             f"target of {n} tokens; use a value >= {-n}.")
+    s, e = (s + n if s < 0 else s), (e + n if e < 0 else e)
     s, e = max(s, 1), min(e, n)
     if s >= e:
         raise InputError(

@@ -23,6 +23,7 @@ float64) value, so ``save`` → ``load`` is exact. NaN is written ``null``; infi
 """
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
@@ -137,6 +138,8 @@ def _encode_sequence(seq, dtype, arrays) -> dict:
         "target_attributions": arr(seq.target_attributions),
         "step_scores": {str(k): _encode_array(v, dtype, arrays)
                         for k, v in seq.step_scores.items()},
+        **({"default_aggregator": seq.default_aggregator}
+           if getattr(seq, "default_aggregator", None) else {}),
     }
 
 
@@ -192,6 +195,9 @@ def save(out, path: Union[str, os.PathLike], *, overwrite: bool = True,
       The path written.
     """
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a directory; give a file path such as "
+                                f"{path / 'attributions.json'}.")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it.")
     data = dumps(out, dtype=dtype, indent=indent).encode("utf-8")
@@ -200,8 +206,12 @@ def save(out, path: Union[str, os.PathLike], *, overwrite: bool = True,
     if compress:
         data = gzip.compress(data, mtime=0)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave a stray .tmp behind
+        raise
     return path
 
 
@@ -271,7 +281,7 @@ def _decode_sequence(obj, where: str):
             continue
         if rows is None:
             raise _fail(f"{where}.{name}", "attributions given without tokens.")
-        a = _decode_array(obj[name], f"{where}.{name}", ndim=(2, 3))
+        a = _decode_array(obj[name], f"{where}.{name}", ndim=(2, 3, 4))  # 4: attention
         if a.shape[:2] != (len(rows), n_steps):
             raise _fail(f"{where}.{name}", f"shape {list(a.shape)} does not match "
                                            f"{len(rows)} tokens x {n_steps} steps.")
@@ -291,8 +301,12 @@ def _decode_sequence(obj, where: str):
         if v is not None and (not isinstance(v, list) or not all(isinstance(i, int) for i in v)):
             raise _fail(f"{where}.{name}", "expected a list of integers.")
         ids[name] = v
+    agg = obj.get("default_aggregator")
+    if agg is not None and not isinstance(agg, str):
+        raise _fail(f"{where}.default_aggregator", "expected a string.")
     return SequenceAttribution(source=source, target=target, step_scores=step_scores,
-                               attr_pos_start=start, attr_pos_end=end, **arrays, **ids)
+                               attr_pos_start=start, attr_pos_end=end, **arrays, **ids,
+                               default_aggregator=agg)
 
 
 def loads(text: Union[str, bytes], *, name: str = "<string>"):
@@ -326,8 +340,12 @@ def loads(text: Union[str, bytes], *, name: str = "<string>"):
         raise _fail(name, "'info' must be an object.")
     info = _decode_info(info)
     info.setdefault("jaxattr_version", doc.get("jaxattr_version"))
-    return AttributionOutput([_decode_sequence(s, f"{name}: sequence_attributions[{i}]")
-                              for i, s in enumerate(seqs)], info, [])
+    views = [_decode_sequence(s, f"{name}: sequence_attributions[{i}]")
+             for i, s in enumerate(seqs)]
+    if info.get("method") == "attention":  # files written before views said so themselves
+        views = [v if v.default_aggregator else dataclasses.replace(v, default_aggregator="mean")
+                 for v in views]
+    return AttributionOutput(views, info, [])
 
 
 def _read(path: Path) -> bytes:

@@ -16,6 +16,7 @@ from .encoding import (EncodedSequence, InputError, _as_list, _check_length, _ch
                        _resolve_span, _strip_trailing_eos, align_contrast, encode_decoder_only,
                        encode_encoder_decoder, pad_batch, pad_contrast)
 from .methods import get_method, integrated_gradients
+from .methods._common import check_finite
 from .pipeline import ModelBatch, attribute_batch, split_kwargs
 from .prefix_groups import check_prefix_groups
 from .results import AttributionOutput, SequenceAttribution
@@ -55,8 +56,6 @@ class AttributionModel:
     def __init__(self, hf_model, tokenizer, *, name: Optional[str] = None,
                  embedding_paths: Optional[dict] = None):
         _compat.apply()
-        from ._cache import enable_compilation_cache
-        enable_compilation_cache()
         self.hf_model = hf_model
         self.tokenizer = tokenizer
         self.config = hf_model.config
@@ -98,6 +97,7 @@ class AttributionModel:
         """A copy that uses ``params`` (same compiled programs: params are pytree leaves)."""
         new = object.__new__(AttributionModel)
         new.__dict__.update(self.__dict__)
+        new.__dict__.pop("_replicated", None)  # replicas of the old params are not these
         new.adapter = self.adapter.replace(params=params)
         return new
 
@@ -292,6 +292,9 @@ class AttributionModel:
             host = jax.device_get(result)
             for row, i in enumerate(chunk):
                 views[i] = self._sequence_view(host, row, plan.seqs[i])
+        if plan.info["method"] == "attention":  # reduce layers and heads by their mean
+            views = [dataclasses.replace(v, default_aggregator="mean") for v in views]
+        _warn_if_not_finite(views)
         if plan.info["granular"] or plan.info["aggregator"] == "sum":
             _warn_if_not_converged(views, plan.info)
         return AttributionOutput(views, plan.info, batches)
@@ -409,7 +412,7 @@ class AttributionModel:
                                      "or an array broadcastable to the embeddings.")
                 baseline_ids_kind = None if baseline == "zeros" else baseline
             elif baseline is not None:
-                baseline_arrays = jax.numpy.asarray(baseline)
+                baseline_arrays = _custom_baseline(baseline)
 
         mesh = _resolve_mesh(mesh)
         order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i].target_ids),
@@ -476,12 +479,12 @@ class AttributionModel:
         if mesh is None:
             return self.adapter
         cache = self.__dict__.setdefault("_replicated", {})
-        key = id(mesh)
-        if key not in cache:
+        hit = cache.get(mesh)
+        if hit is None or hit[0] is not self.adapter:  # replicas only of these very params
             from jax.sharding import NamedSharding, PartitionSpec
-            cache[key] = (mesh, jax.device_put(self.adapter,
-                                               NamedSharding(mesh, PartitionSpec())))
-        return cache[key][1]
+            hit = cache[mesh] = (self.adapter, jax.device_put(
+                self.adapter, NamedSharding(mesh, PartitionSpec())))
+        return hit[1]
 
     def _encode_contrast(self, seqs, contrast_targets, contrast_sources, alignments):
         """Tokenise contrast targets/sources and align them to ``seqs``' positions."""
@@ -569,6 +572,50 @@ def completeness(view) -> tuple:
             attr = np.asarray(attr)
             total += np.nansum(attr.reshape(attr.shape[:2] + (-1,)), axis=(0, 2))
     return delta, total - delta
+
+
+def _custom_baseline(baseline):
+    """A custom baseline array, checked: numeric and finite (one NaN would make every
+    attribution NaN)."""
+    try:
+        arr = np.asarray(baseline)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"baseline must be 'unk', 'pad', 'zeros' or a numeric array "
+                         f"broadcastable to the embeddings [..., hidden]; got "
+                         f"{type(baseline).__name__} ({e}).") from None
+    if arr.dtype.kind not in "biuf":
+        raise InputError(f"baseline must be 'unk', 'pad', 'zeros' or a numeric array "
+                         f"broadcastable to the embeddings [..., hidden]; got an array of "
+                         f"dtype {arr.dtype}.")
+    try:
+        check_finite(arr, "baseline")
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    return jax.numpy.asarray(arr)
+
+
+def _warn_if_not_finite(views) -> None:
+    """Warn when a result holds NaN or inf where a number belongs (target rows not generated
+    yet are NaN by design and not counted): the model overflowed (float16?), the attributed
+    function is infinite (a log of 0 probability) or an input is not finite."""
+    bad = []
+    for i, view in enumerate(views):
+        parts = {"step_scores." + k: np.asarray(v) for k, v in view.step_scores.items()}
+        if view.source_attributions is not None:
+            parts["source_attributions"] = np.asarray(view.source_attributions)
+        if view.target_attributions is not None:
+            a = np.asarray(view.target_attributions)
+            valid = (np.arange(a.shape[0])[:, None]
+                     < np.arange(view.attr_pos_start, view.attr_pos_end)[None])
+            parts["target_attributions"] = a[valid]
+        bad += [(i, name) for name, a in parts.items() if not np.isfinite(a).all()]
+    if bad:
+        i, name = bad[0]
+        warnings.warn(
+            f"{len(bad)} result(s) hold NaN or inf (first: sequence {i}, {name}). Check the "
+            "inputs and baseline for non-finite values, the attributed function for log(0) "
+            "(attributed_fn='logprob' of a zero probability) and the model dtype for overflow "
+            "(float16); these numbers are not attributions.", RuntimeWarning, stacklevel=3)
 
 
 def _warn_if_not_converged(views, info: dict, *, rtol: float = 0.1) -> None:

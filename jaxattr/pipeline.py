@@ -16,6 +16,7 @@ import numpy as np
 from flax import struct
 
 from .adapters import ModelAdapter
+from .methods._common import as_key, example_identity
 from .methods.separable import is_separable, step_separable
 from .prefix_groups import (check_prefix_groups, one_pass_flops, plan_prefix_groups,
                              stitch_groups, truncate_batch)
@@ -23,7 +24,7 @@ from .results import BatchAttribution
 from .targets import TargetBatch
 
 __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs",
-           "keyword_names"]
+           "keyword_names", "example_ids", "example_keys"]
 
 
 @struct.dataclass
@@ -34,6 +35,8 @@ class ModelBatch:
     (``None`` when no id-based baseline is used). ``contrast_*`` describe the contrastive
     sequence (see :func:`jaxattr.encoding.pad_contrast`): ``contrast_positions[B, T]`` is the
     contrast position aligned with each step, ``contrast_step_mask[B, T]`` whether there is one.
+    ``example_ids[B]`` (``uint32``; computed from the tokens when ``None``) names each example
+    for its random draws (:func:`example_ids`).
     """
     target_ids: jax.Array
     target_mask: jax.Array
@@ -49,6 +52,7 @@ class ModelBatch:
     contrast_source_mask: Optional[jax.Array] = None
     contrast_positions: Optional[jax.Array] = None
     contrast_step_mask: Optional[jax.Array] = None
+    example_ids: Optional[jax.Array] = None
 
 
 def keyword_names(fn: Callable) -> set:
@@ -76,6 +80,35 @@ def split_kwargs(kwargs: dict, owners: dict) -> dict:
         for role in hits:
             routed[role][key] = value
     return routed
+
+
+def example_ids(batch: ModelBatch) -> jax.Array:
+    """``uint32 [B]``: each example's identity, a hash of its unpadded source and target tokens
+    (:func:`jaxattr.methods._common.example_identity`), independent of its row, batch and
+    padding. ``batch.example_ids`` when set."""
+    if batch.example_ids is not None:
+        return batch.example_ids
+    ident = example_identity(batch.target_ids, batch.target_mask)
+    if batch.source_ids is not None:
+        src = example_identity(batch.source_ids, batch.source_mask)
+        ident = example_identity(jnp.stack([ident, src], 1).astype(jnp.int32),
+                                 jnp.ones((ident.shape[0], 2), jnp.int32))
+    return ident
+
+
+def example_keys(method: Callable, method_kwargs: dict, batch: ModelBatch):
+    """Per-example PRNG keys ``[B]`` for a method that draws random numbers (declares ``key``):
+    the method's key (given or its default) folded with each example's identity, so that an
+    example's noise is the same alone, in any batch, at any row, padded to any length, and
+    sharded. ``None`` for methods without a ``key``."""
+    params = inspect.signature(method).parameters
+    if "key" not in params:
+        return None
+    base = as_key(method_kwargs.get("key", params["key"].default))
+    if base.ndim != 0:
+        raise ValueError("model.attribute(key=...) takes one PRNG key or an integer seed; "
+                         "each example's key is folded from it with the example's identity.")
+    return jax.vmap(jax.random.fold_in, (None, 0))(base, example_ids(batch))
 
 
 def _gather_steps(values: jax.Array, positions: jax.Array) -> jax.Array:
@@ -199,6 +232,9 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     kwargs = dict(method_kwargs)
     if takes_baseline:
         kwargs["baseline"] = base_x
+    keys = example_keys(method, kwargs, batch)
+    if keys is not None:
+        kwargs["key"] = keys
     attr, (step_logits, tb, scores) = method(score_fn, x, has_aux=True, **kwargs)
 
     step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
@@ -288,8 +324,15 @@ def _baseline(adapter, batch, baseline, x):
         elif baseline is None:
             out[side] = jnp.zeros_like(emb)
         else:
-            value = baseline[side] if isinstance(baseline, dict) else baseline
-            out[side] = jnp.broadcast_to(jnp.asarray(value, emb.dtype), emb.shape)
+            value = jnp.asarray(baseline[side] if isinstance(baseline, dict) else baseline,
+                                emb.dtype)
+            try:
+                out[side] = jnp.broadcast_to(value, emb.shape)
+            except ValueError:
+                raise ValueError(
+                    f"baseline of shape {value.shape} does not broadcast to the {side} "
+                    f"embeddings of shape {emb.shape} [batch, length, hidden]: give a scalar "
+                    f"or a [hidden={emb.shape[-1]}] vector (the same at every position).") from None
     return out
 
 
@@ -359,6 +402,11 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                              dropout_seed=dropout_seed, layer=layer, reduce_hidden=reduce_hidden,
                              split_head=split_head)
     check_prefix_groups(prefix_groups)
+    if (method != "attention" and batch.example_ids is None
+            and "key" in inspect.signature(method).parameters):
+        # Named before prefix groups cut the target: every group keys on the whole example.
+        args = (adapter, batch.replace(example_ids=example_ids(batch))) + tuple(args[2:])
+        batch = args[1]
     groups = ()
     if _groupable(adapter, batch, baseline, method=method, target_fn=target_fn,
                   step_fns=step_fns, n_dropout=n_dropout, layer=layer):

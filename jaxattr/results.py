@@ -124,6 +124,10 @@ class SequenceAttribution(_ViewMethods):
         not an input of that step (the token is not generated yet).
       step_scores: ``{name: [n_steps]}``.
       attr_pos_start, attr_pos_end: the target slice whose tokens are the columns.
+      default_aggregator: the reduction :meth:`aggregate` (and every renderer) applies when
+        none is given: ``None`` means ``"vnorm"`` (L2 norm over hidden); ``method="attention"``
+        views say ``"mean"`` (over layers and heads), so ``out.aggregate()[i]`` and
+        ``out[i].aggregate()`` agree.
     """
     source: Optional[list]
     target: list
@@ -134,6 +138,7 @@ class SequenceAttribution(_ViewMethods):
     attr_pos_end: int
     source_ids: Optional[list] = None
     target_ids: Optional[list] = None
+    default_aggregator: Optional[str] = None
 
     @property
     def generated(self) -> list:
@@ -158,6 +163,7 @@ class SequenceAttribution(_ViewMethods):
             "attr_pos_start": int(self.attr_pos_start), "attr_pos_end": int(self.attr_pos_end),
             "source_ids": None if self.source_ids is None else list(self.source_ids),
             "target_ids": None if self.target_ids is None else list(self.target_ids),
+            "default_aggregator": self.default_aggregator,
         }
 
     def get_scores_dict(self, *, aggregate: bool = True) -> dict:
@@ -208,8 +214,9 @@ class AttributionOutput(_ViewMethods):
         return iter(self.sequence_attributions)
 
     def aggregate(self, aggregator: Any = None, **kwargs) -> "AttributionOutput":
-        """Aggregate every sequence (default: L2 over hidden — mean over layers and heads for
-        ``method="attention"`` —, then each column sums to 1)."""
+        """Aggregate every sequence (default: each view's ``default_aggregator`` — L2 over
+        hidden, mean over layers and heads for ``method="attention"`` —, then each column sums
+        to 1): the same as aggregating ``out[i]`` on its own."""
         info = dict(self.info)
         if aggregator is None and info.get("method") == "attention":
             aggregator = "mean"

@@ -79,18 +79,39 @@ def test_estimate_memory_is_bounded_by_internal_batch_size(marian):
     assert chunked_32 * 4 < unchunked_32
 
 
-def test_persistent_compilation_cache_is_on_and_configurable(tmp_path):
-    script = ("import jaxattr, jax\nfrom jaxattr.testing import make_model\n"
-              "m, t = make_model('gpt2')\n"
-              "jaxattr.load_model(m, tokenizer=t).attribute('The cat', 'The cat sat')\n"
-              "print('DIR', jax.config.jax_compilation_cache_dir)\n")
-    env = dict(os.environ, JAXATTR_CACHE_DIR=str(tmp_path / "xla"))
-    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert f"DIR {tmp_path / 'xla'}" in res.stdout
-    assert any((tmp_path / "xla").iterdir())  # compiled programs were stored
+def test_persistent_compilation_cache_is_explicit_in_python_and_on_in_the_cli(tmp_path):
+    """Building a model and attributing leave jax.config and the disk alone; one call (or the
+    CLI) turns the cache on; JAXATTR_CACHE_DIR moves or disables it."""
+    script = textwrap.dedent("""
+        import os, sys, jax, jaxattr
+        from jaxattr import cli
+        from jaxattr.testing import make_model
+        d = os.environ["JAXATTR_CACHE_DIR"]
+        m, t = make_model('gpt2')
+        model = jaxattr.load_model(m, tokenizer=t)
+        model.attribute('The cat', 'The cat sat')
+        print('BUILT', jax.config.jax_compilation_cache_dir, os.path.exists(d))
+        if sys.argv[1] == 'python':
+            jaxattr.enable_compilation_cache()
+            model.attribute('The dog', 'The dog ran far away from here')
+        else:
+            p = os.path.join(os.path.dirname(d) or '.', 'model')
+            m.save_pretrained(p); t.save_pretrained(p)
+            assert cli.main(['attribute', '--model', p, '--input', 'The cat',
+                             '--generated', 'The cat sat on the mat', '--no-color']) == 0
+        print('DIR', jax.config.jax_compilation_cache_dir)
+        """)
+    for mode in ("python", "cli"):
+        cache = tmp_path / mode / "xla"
+        env = dict(os.environ, JAXATTR_CACHE_DIR=str(cache))
+        env.pop("JAX_COMPILATION_CACHE_DIR", None)
+        res = subprocess.run([sys.executable, "-c", script, mode], env=env, capture_output=True,
+                             text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert "BUILT None False" in res.stdout, res.stdout
+        assert f"DIR {cache}" in res.stdout
+        assert any(cache.iterdir())  # compiled programs were stored
     env["JAXATTR_CACHE_DIR"] = ""
-    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
-                         timeout=300)
+    res = subprocess.run([sys.executable, "-c", script, "python"], env=env, capture_output=True,
+                         text=True, timeout=300)
     assert "DIR None" in res.stdout

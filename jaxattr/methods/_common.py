@@ -14,6 +14,28 @@ import numpy as np
 _tmap = jax.tree_util.tree_map
 
 
+def check_finite(value: Any, name: str) -> None:
+    """Raise when a concrete (not traced) array or pytree holds NaN or inf: one such entry
+    would make every attribution NaN with no other sign. Traced values pass unchecked."""
+    for leaf in jax.tree_util.tree_leaves(value):
+        if isinstance(leaf, jax.core.Tracer):
+            continue
+        try:
+            a = np.asarray(leaf)
+        except Exception:  # not array-like: left to the shape checks that follow
+            continue
+        if a.dtype.kind not in "fc":
+            if a.dtype.kind not in "biu":
+                raise ValueError(f"{name} must hold numbers, got an array of dtype {a.dtype}.")
+            continue
+        bad = ~np.isfinite(a)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            raise ValueError(f"{name} holds {int(bad.sum())} non-finite value(s) (NaN or inf; "
+                             f"first at index {where}): every attribution would be NaN. Give "
+                             f"a finite {name}.")
+
+
 def resolve_baseline(x: Any, baseline: Any) -> Any:
     """A pytree like ``x`` with full-shape leaves of ``x``'s dtypes.
 
@@ -22,6 +44,7 @@ def resolve_baseline(x: Any, baseline: Any) -> Any:
     """
     if baseline is None:
         return _tmap(jnp.zeros_like, x)
+    check_finite(baseline, "baseline")
     x_def = jax.tree_util.tree_structure(x)
     b_def = jax.tree_util.tree_structure(baseline)
     if b_def == x_def:
@@ -33,11 +56,62 @@ def resolve_baseline(x: Any, baseline: Any) -> Any:
                      f"{b_def} for x with structure {x_def}.")
 
 
+def count(value: Any, name: str, minimum: int = 1) -> int:
+    """``value`` as an ``int >= minimum``; a float (``2.5``, even ``2.0``), bool or string is
+    an error naming the argument (it would otherwise be truncated silently)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r} "
+                         f"({type(value).__name__}).")
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}.")
+    return int(value)
+
+
 def as_key(key: Any) -> jax.Array:
-    """A PRNG key from a key or an integer seed (ints keep static kwargs hashable)."""
+    """A typed PRNG key (shape ``()``) or a batch of keys (shape ``[B]``: one per example).
+
+    Accepts an integer seed (ints keep static kwargs hashable), a typed key or key array, or
+    a raw ``uint32`` key (``jax.random.PRNGKey``: ``[2]``, or ``[B, 2]`` for a batch).
+    """
     if isinstance(key, (int, np.integer)):
         return jax.random.key(int(key))
+    if not jax.dtypes.issubdtype(jnp.result_type(key), jax.dtypes.prng_key):
+        key = jax.random.wrap_key_data(jnp.asarray(key, jnp.uint32))
+    if key.ndim > 1:
+        raise ValueError(f"key must be one PRNG key or a 1-D batch of keys (one per example, "
+                         f"along x's leading axis); got a key array of shape {key.shape}.")
     return key
+
+
+def fold_in(key: jax.Array, data: Any) -> jax.Array:
+    """``jax.random.fold_in`` for one key or a batch of keys (each folded with ``data``)."""
+    if key.ndim == 0:
+        return jax.random.fold_in(key, data)
+    return jax.vmap(jax.random.fold_in, (0, None))(key, data)
+
+
+def example_identity(ids: jax.Array, mask: jax.Array) -> jax.Array:
+    """A ``uint32`` hash ``[B]`` of each row's unmasked tokens ``ids[B, L]`` and their order.
+
+    Padding (wherever it is) does not change it, nor does the row an example lands on in a
+    batch: it names the example itself, so per-example random draws keyed on it are the same
+    alone, in any batch, with any batch size, and sharded.
+    """
+    m = jnp.asarray(mask) > 0
+    rank = (jnp.cumsum(m, axis=1) - 1).astype(jnp.uint32)
+    v = _mix(jnp.asarray(ids).astype(jnp.uint32) * jnp.uint32(0x9E3779B1)
+             + _mix(rank + jnp.uint32(0x7F4A7C15)))
+    h = jnp.sum(jnp.where(m, v, jnp.uint32(0)), axis=1, dtype=jnp.uint32)
+    return _mix(h + m.sum(1).astype(jnp.uint32) * jnp.uint32(0x85EBCA77))
+
+
+def _mix(v: jax.Array) -> jax.Array:
+    """A 32-bit integer finaliser (murmur3's fmix32), elementwise on ``uint32``."""
+    v = v ^ (v >> 16)
+    v = v * jnp.uint32(0x85EBCA6B)
+    v = v ^ (v >> 13)
+    v = v * jnp.uint32(0xC2B2AE35)
+    return v ^ (v >> 16)
 
 
 def plain(score_fn: Callable, has_aux: bool) -> Callable:
@@ -158,11 +232,25 @@ def draw_noise(x: Any, key: jax.Array, stdevs: Any, *, with_alpha: bool = False)
 
     ``stdevs`` is one number for every leaf or a sequence with one per leaf (``tree_leaves``
     order); leaves whose stdev is a Python zero get no noise. With ``with_alpha`` a scalar
-    ``α ~ U(0, 1)`` is drawn too (``Φ(z)`` of one extra standard normal). Everything comes
-    from a single ``jax.random.normal`` call (each PRNG call is costly to compile).
+    ``α ~ U(0, 1)`` is drawn too (``Φ(z)`` of one extra standard normal).
+
+    ``key`` is one key, or a batch of keys ``[B]`` (see :func:`as_key`): then example ``b``
+    (index ``b`` of every leaf's leading axis) draws from ``key[b]`` alone and ``alpha`` is
+    ``[B]``. ``alpha`` draws from ``fold_in(key, 0)`` and leaf ``j`` from ``fold_in(key, j + 1)``,
+    with the leaf's own shape, so its noise does not
+    depend on the other leaves' shapes, and (with threefry's partitionable bits, JAX's
+    default) element ``[l, ...]`` does not depend on how far the leaf is padded.
 
     Returns ``(noisy_x, alpha)`` (``alpha`` is ``None`` unless requested).
     """
+    key = as_key(key)
+    if key.ndim == 1:
+        for leaf in jax.tree_util.tree_leaves(x):
+            if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != key.shape[0]:
+                raise ValueError(f"{key.shape[0]} per-example keys need every input leaf to "
+                                 f"have that many examples on its leading axis; got a leaf "
+                                 f"of shape {jnp.shape(leaf)}.")
+        return jax.vmap(lambda k, xb: draw_noise(xb, k, stdevs, with_alpha=with_alpha))(key, x)
     leaves, treedef = jax.tree_util.tree_flatten(x)
     if isinstance(stdevs, (tuple, list)):
         if len(stdevs) != len(leaves):
@@ -170,17 +258,15 @@ def draw_noise(x: Any, key: jax.Array, stdevs: Any, *, with_alpha: bool = False)
         sds = list(stdevs)
     else:
         sds = [stdevs] * len(leaves)
-    noisy = [i for i, sd in enumerate(sds) if not is_static_zero(sd)]
-    sizes = [int(np.prod(jnp.shape(leaves[i]))) for i in noisy]
-    total = sum(sizes) + int(with_alpha)
-    if total == 0:
-        return x, None
-    dtype = jnp.result_type(jnp.float32, *[leaves[i].dtype for i in noisy])
-    z = jax.random.normal(key, (total,), dtype)
-    alpha = jax.scipy.special.ndtr(z[0]) if with_alpha else None
-    out, offset = list(leaves), int(with_alpha)
-    for i, size in zip(noisy, sizes):
-        noise = z[offset:offset + size].reshape(jnp.shape(leaves[i]))
-        out[i] = (leaves[i] + sds[i] * noise).astype(leaves[i].dtype)
-        offset += size
+    out = list(leaves)
+    for i, sd in enumerate(sds):
+        if is_static_zero(sd):
+            continue
+        dtype = jnp.result_type(jnp.float32, leaves[i].dtype)
+        noise = jax.random.normal(jax.random.fold_in(key, i + 1), jnp.shape(leaves[i]), dtype)
+        out[i] = (leaves[i] + sd * noise).astype(leaves[i].dtype)
+    alpha = None
+    if with_alpha:
+        alpha = jax.scipy.special.ndtr(
+            jax.random.normal(jax.random.fold_in(key, 0), (), jnp.float32))
     return jax.tree_util.tree_unflatten(treedef, out), alpha

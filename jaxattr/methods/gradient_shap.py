@@ -6,7 +6,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from ._common import as_key, draw_noise, plain, resolve_baseline, weighted_sum, with_aux
+from ._common import (as_key, count, draw_noise, fold_in, plain, resolve_baseline, weighted_sum,
+                      with_aux)
 from ._vjp import per_output_grads
 
 __all__ = ["gradient_shap"]
@@ -35,8 +36,8 @@ def gradient_shap(
 
     i.e. a Monte-Carlo estimate of integrated gradients on noisy inputs. With ``stdevs=0`` it
     converges to integrated gradients as ``n_samples`` grows. One ``α_k`` is drawn per sample
-    and shared by every leaf and every leading (batch) index of ``x`` (Captum draws one per
-    example; the expectation is the same). A single baseline is used (Captum samples one
+    and shared by every leaf (and, with a single ``key``, by every leading index of ``x``;
+    with per-example keys each example draws its own, as Captum does). A single baseline is used (Captum samples one
     from a set of baselines per draw; pass that set's mean or call once per baseline).
 
     Args:
@@ -45,7 +46,9 @@ def gradient_shap(
       baseline: like ``x`` (or one array/scalar broadcast to every leaf); ``None``: zeros.
       n_samples: Monte-Carlo samples.
       stdevs: absolute standard deviation of the input noise: one number, or one per leaf.
-      key: ``jax.random`` key or an integer seed (``jax.random.key(seed)``). The result is
+      key: ``jax.random`` key or an integer seed (``jax.random.key(seed)``), or a batch of
+        keys ``[B]``, one per example along ``x``'s leading axis (each example then draws its
+        noise and ``α_k`` from its own key: batch-invariant results). The result is
         deterministic given ``key`` and the input shapes, and independent of
         ``internal_batch_size`` for vmap-invariant key implementations (threefry, the
         default; not ``rbg``).
@@ -60,16 +63,19 @@ def gradient_shap(
     baseline = resolve_baseline(x, baseline)
     key = as_key(key)
     plain_fn = plain(score_fn, has_aux)
-    n = int(n_samples)
-    if n < 1:
-        raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
+    n = count(n_samples, "n_samples")
 
     def sample(i):
-        noisy, alpha = draw_noise(x, jax.random.fold_in(key, i), stdevs, with_alpha=True)
+        noisy, alpha = draw_noise(x, fold_in(key, i), stdevs, with_alpha=True)
         diff = _tmap(lambda xi, bi: xi - bi, noisy, baseline)
-        point = _tmap(lambda bi, d: bi + alpha.astype(d.dtype) * d, baseline, diff)
+        point = _tmap(lambda bi, d: bi + _lead(alpha, d) * d, baseline, diff)
         grads = per_output_grads(plain_fn, point, output_batch_size=output_batch_size)[1]
         return _tmap(lambda g, d: g * d[None], grads, diff)
 
     attr = weighted_sum(sample, jnp.arange(n), jnp.full((n,), 1.0 / n), internal_batch_size)
     return with_aux(attr, score_fn, x, has_aux)
+
+
+def _lead(alpha: jax.Array, d: jax.Array) -> jax.Array:
+    """``alpha`` (``()`` or one per example ``[B]``) shaped to broadcast against ``d``."""
+    return alpha.reshape(alpha.shape + (1,) * (d.ndim - alpha.ndim)).astype(d.dtype)

@@ -13,6 +13,11 @@ only, never to a baseline. Samples are vmapped (or scanned in chunks of
 an integer seed, which keeps the settings hashable for the jitted pipeline) and, for
 vmap-invariant key implementations (threefry, the default; not ``rbg``), independent of
 ``nt_samples_batch_size``. Sample ``k`` uses ``jax.random.fold_in(key, k)``.
+
+``key`` may also be a batch of keys ``[B]``, one per example along ``x``'s leading axis: each
+example's noise then comes from its own key only, so an example's result does not depend on
+the other rows of its batch. The model pipeline passes keys folded with each example's
+identity (a hash of its tokens), which makes noisy methods batch- and padding-invariant.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from ._common import as_key, draw_noise, is_static_zero, plain, weighted_sum, with_aux
+from ._common import (as_key, count, draw_noise, fold_in, is_static_zero, plain, weighted_sum,
+                      with_aux)
 
 __all__ = ["smoothgrad", "smoothgrad_sq", "vargrad", "noise_tunnel", "NOISE_TUNNEL_TYPES"]
 
@@ -30,6 +36,7 @@ _tmap = jax.tree_util.tree_map
 
 NOISE_TUNNEL_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 _NT_PARAMS = ("n_samples", "stdevs", "key", "nt_samples_batch_size")
+_NOT_ADVERTISED = ("return_convergence_delta",)
 
 
 def noise_tunnel(
@@ -58,7 +65,8 @@ def noise_tunnel(
 
     Returns:
       A method with ``method``'s parameters (so a ``baseline`` is still accepted and passed
-      through) plus the four noise settings. ``aux`` (``has_aux=True``) is computed at the
+      through) plus the four noise settings, less ``return_convergence_delta`` (completeness
+      does not hold for an average over noisy inputs, so no ``deltas`` are recorded). ``aux`` (``has_aux=True``) is computed at the
       clean ``x``.
     """
     cache_key = (method, nt_type, n_samples, stdevs, key, nt_samples_batch_size)
@@ -96,13 +104,11 @@ def _make(method, nt_type, n_samples, stdevs, key, nt_samples_batch_size):
                 nt_samples_batch_size=defaults["nt_samples_batch_size"], **kwargs):
         plain_fn = plain(score_fn, has_aux)
         key = as_key(key)
-        n = int(n_samples)
-        if n < 1:
-            raise ValueError(f"n_samples must be >= 1, got {n_samples}.")
+        n = count(n_samples, "n_samples")
 
         def sample(i):
             noisy = x if is_static_zero(stdevs) else draw_noise(
-                x, jax.random.fold_in(key, i), stdevs)[0]
+                x, fold_in(key, i), stdevs)[0]
             a = method(plain_fn, noisy, *args, **kwargs)
             if nt_type == "smoothgrad":
                 return a
@@ -117,7 +123,10 @@ def _make(method, nt_type, n_samples, stdevs, key, nt_samples_batch_size):
 
     # Advertise the base method's parameters plus the noise settings, so that callers that
     # route keywords by signature (the model pipeline) see them, including ``baseline``.
-    params = [p for p in base_sig.parameters.values()]
+    # Not ``return_convergence_delta``: the mean attribution over noisy inputs does not add up
+    # to ``s(x) - s(baseline)`` at the clean input, so a completeness delta would be
+    # meaningless (the pipeline adds ``deltas`` only for methods that declare it).
+    params = [p for p in base_sig.parameters.values() if p.name not in _NOT_ADVERTISED]
     nt_params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=defaults[name])
                  for name in _NT_PARAMS]
     var_kw = [p for p in params if p.kind == p.VAR_KEYWORD]

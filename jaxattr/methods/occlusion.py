@@ -48,7 +48,8 @@ def occlusion(
       internal_batch_size: occluded forward passes evaluated at once (``None``: all).
 
     Returns:
-      Attributions ``[T, *leaf.shape]`` per leaf (and ``aux`` when ``has_aux``).
+      Attributions ``[T, *leaf.shape]`` per leaf (and ``aux`` when ``has_aux``), in the leaf's
+      dtype for floating inputs and in the scores' (float) dtype for integer inputs.
     """
     baseline = resolve_baseline(x, baseline)
     plain_fn = plain(score_fn, has_aux)
@@ -81,7 +82,10 @@ def occlusion(
         d = jnp.moveaxis(delta[:, offset:offset + n], 1, 1 + len(lead))  # [T, *lead, n]
         post = leaf.shape[ax + 1:]
         d = d.reshape(d.shape + (1,) * len(post)) / math.prod(post)
-        attrs.append(jnp.broadcast_to(d, (d.shape[0],) + leaf.shape).astype(leaf.dtype))
+        # Attributions are real numbers: a float leaf keeps its dtype, an integer or boolean
+        # leaf gets the scores' float dtype (casting 400/3 to an int input's dtype gives 133).
+        dtype = leaf.dtype if jnp.issubdtype(leaf.dtype, jnp.inexact) else d.dtype
+        attrs.append(jnp.broadcast_to(d, (d.shape[0],) + leaf.shape).astype(dtype))
         offset += n
     attr = jax.tree_util.tree_unflatten(treedef, attrs)
     return (attr, aux) if has_aux else attr

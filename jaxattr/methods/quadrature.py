@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._common import count
+
 __all__ = ["QUADRATURE_RULES", "quadrature"]
 
 QUADRATURE_RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle",
@@ -15,10 +17,13 @@ def quadrature(n_steps: int, method: str = "gausslegendre") -> tuple[np.ndarray,
     ``sum(w * f(alphas)) ≈ ∫_0^1 f(a) da``. Gauss–Legendre with ``n`` nodes is exact for
     polynomials of degree ``2n - 1``; the trapezoid rule for degree 1; the midpoint rule for
     degree 1; left/right Riemann sums for constants.
+
+    ``riemann_trapezoid`` is the textbook rule (weights ``1/(n-1)``, halved at both ends; they
+    sum to 1). Captum's ``riemann_trapezoid`` (used by Inseq) has weights summing to
+    ``(n-1)/n``, so its integrated gradients are ours times ``(n-1)/n``: multiply Captum's by
+    ``n/(n-1)`` (or divide ours) to compare them.
     """
-    n = int(n_steps)
-    if n < 1:
-        raise ValueError(f"n_steps must be >= 1, got {n_steps}.")
+    n = count(n_steps, "n_steps")
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)
         return (nodes + 1.0) / 2.0, weights / 2.0

@@ -31,10 +31,12 @@ def sequences_of(x) -> list:
 
 
 def prepared(seq, aggregate: bool = True):
-    """The view with 2-D attributions: 3-D ones are aggregated with the default (L2 norm over
-    the hidden axis, columns normalised) unless ``aggregate=False``, which then raises."""
+    """The view with 2-D attributions: 3-D (or 4-D attention) ones are aggregated with the
+    view's default (:meth:`~jaxattr.results.SequenceAttribution.aggregate`: L2 norm over the
+    hidden axis, mean over attention's layers and heads; columns normalised) unless
+    ``aggregate=False``, which then raises."""
     nd = [a.ndim for a in (seq.source_attributions, seq.target_attributions) if a is not None]
-    if any(n == 3 for n in nd):
+    if any(n >= 3 for n in nd):  # [rows, steps, hidden] or attention's [.., layers, heads]
         if not aggregate:
             raise ValueError("attributions still have a hidden axis: aggregate them first "
                              "(e.g. out.aggregate()) or pass aggregate=True.")
@@ -100,13 +102,16 @@ def header_of(x) -> Optional[str]:
     info: Any = getattr(x, "info", None)
     if not info:
         return None
+    # Every field may come from someone else's file: control characters (terminal escape
+    # codes) are shown escaped, never passed to the terminal.
+    shown = lambda v: display_token(str(v))  # noqa: E731
     parts = []
     if info.get("method"):
-        parts.append(str(info["method"]))
+        parts.append(shown(info["method"]))
     if info.get("attributed_fn"):
-        parts.append(f"of {info['attributed_fn']}")
+        parts.append(f"of {shown(info['attributed_fn'])}")
     if info.get("model"):
-        parts.append(f"· {info['model']}")
+        parts.append(f"· {shown(info['model'])}")
     if info.get("aggregations"):
-        parts.append("· " + " → ".join(map(str, info["aggregations"])))
+        parts.append("· " + " → ".join(map(shown, info["aggregations"])))
     return " ".join(parts) or None
