@@ -26,6 +26,9 @@ PATCHED_MODULES = (
     "transformers.models.t5.modeling_flax_t5",
     "transformers.models.longt5.modeling_flax_longt5",
 )
+# Which of them each model type runs (mT5's Flax classes reuse the T5 module's code).
+_MODULES_BY_TYPE = {"t5": PATCHED_MODULES[:1], "mt5": PATCHED_MODULES[:1],
+                    "longt5": PATCHED_MODULES[1:]}
 
 
 def attach_params(model, params) -> None:
@@ -54,20 +57,20 @@ def _clip_needs_fix() -> bool:
     return "a_max" not in inspect.signature(jnp.clip).parameters
 
 
-_APPLIED = False
+def apply(model_type: str | None = None) -> None:
+    """Apply the fixes; safe to call repeatedly.
 
-
-def apply() -> None:
-    """Apply every fix once; safe to call repeatedly."""
-    global _APPLIED
-    if _APPLIED:
+    Args:
+      model_type: a config's ``model_type``: fix only the modules that type runs (none for
+        most types), so loading GPT-2 does not import the T5 code. ``None``: every fix.
+    """
+    if not _clip_needs_fix():
         return
-    if _clip_needs_fix():
-        for name in PATCHED_MODULES:
-            try:
-                mod = importlib.import_module(name)
-            except ImportError:
-                continue
-            if not getattr(mod.jnp, "_jaxattr_compat", False):
-                mod.jnp = jnp_with_legacy_clip()
-    _APPLIED = True
+    names = PATCHED_MODULES if model_type is None else _MODULES_BY_TYPE.get(model_type, ())
+    for name in names:
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        if not getattr(mod.jnp, "_jaxattr_compat", False):
+            mod.jnp = jnp_with_legacy_clip()

@@ -6,8 +6,8 @@ from typing import Any, Optional
 
 from . import _compat
 
-__all__ = ["load_hf_model", "load_pt_without_init", "supported_architectures",
-           "UnsupportedModelError"]
+__all__ = ["load_hf_model", "load_pt_without_init", "load_flax_without_init",
+           "weights_format", "supported_architectures", "UnsupportedModelError"]
 
 
 class UnsupportedModelError(ValueError):
@@ -26,27 +26,39 @@ def supported_architectures() -> dict:
     return {"decoder-only": names(causal), "encoder-decoder": names(s2s)}
 
 
-def _has_flax_weights(path: str) -> bool:
-    return any(os.path.exists(os.path.join(path, f))
-               for f in ("flax_model.msgpack", "flax_model.msgpack.index.json"))
-
-
-def _has_pt_weights(path: str) -> bool:
-    return any(os.path.exists(os.path.join(path, f)) for f in (
-        "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-        "pytorch_model.bin.index.json"))
+def weights_format(path: str) -> Optional[str]:
+    """``"flax"`` or ``"pt"``: the framework of the weights in local directory ``path``
+    (``flax_model.msgpack`` and Flax-saved ``model.safetensors`` are ``"flax"``; a safetensors
+    file says which in its metadata, PyTorch's when it says nothing), ``None`` when it has none.
+    """
+    if any(os.path.exists(os.path.join(path, f))
+           for f in ("flax_model.msgpack", "flax_model.msgpack.index.json")):
+        return "flax"
+    file = os.path.join(path, "model.safetensors")
+    if os.path.isfile(file):
+        from safetensors import safe_open
+        with safe_open(file, framework="numpy") as f:
+            meta = f.metadata() or {}
+        return "flax" if meta.get("format") == "flax" else "pt"
+    if any(os.path.exists(os.path.join(path, f)) for f in (
+            "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")):
+        return "pt"
+    return None
 
 
 def load_hf_model(name_or_path: str, *, dtype: Any = None, **model_kwargs):
     """Load the Flax model for a hub id or a local directory.
 
-    The auto class (causal LM or seq2seq) is chosen from the config. When only PyTorch weights
-    exist (``model.safetensors``), they are converted on load with ``from_pt=True`` (no torch
-    needed for safetensors). Returns ``(model, config)``.
+    The auto class (causal LM or seq2seq) is chosen from the config. Flax weights
+    (``flax_model.msgpack``, Flax ``model.safetensors``) are read straight into a model built
+    without transformers' random initialisation (:func:`load_flax_without_init`); PyTorch
+    ``model.safetensors`` are converted the same way (:func:`load_pt_without_init`; no torch
+    needed). What those do not cover (a checkpoint missing some parameters, sharded PyTorch
+    files) takes transformers' standard path. Returns ``(model, config)``.
     """
-    _compat.apply()
     from transformers import AutoConfig
     config = AutoConfig.from_pretrained(name_or_path)
+    _compat.apply(config.model_type)
     causal, s2s = _auto_classes()
     auto = s2s if getattr(config, "is_encoder_decoder", False) else causal
     if type(config) not in auto._model_mapping:
@@ -60,20 +72,65 @@ def load_hf_model(name_or_path: str, *, dtype: Any = None, **model_kwargs):
     kwargs = dict(model_kwargs)
     if dtype is not None:
         kwargs["dtype"] = dtype
-    if "from_pt" not in kwargs and os.path.isdir(name_or_path):
-        kwargs["from_pt"] = not _has_flax_weights(name_or_path) and _has_pt_weights(name_or_path)
-    if kwargs.get("from_pt") and os.path.isdir(name_or_path):
-        model = load_pt_without_init(auto, name_or_path, config, **{
-            k: v for k, v in kwargs.items() if k != "from_pt"})
+    local = os.path.isdir(name_or_path)
+    fmt = weights_format(name_or_path) if local else None
+    if "from_pt" not in kwargs and local:
+        kwargs["from_pt"] = fmt == "pt"
+    if not kwargs.get("from_pt") and (fmt == "flax" or not local):
+        model = load_flax_without_init(auto, name_or_path, config, **kwargs)
         if model is not None:
             return model, config
+    if kwargs.get("from_pt") or not local:
+        pt_dir = name_or_path if local else _cached_pt_dir(name_or_path)
+        if pt_dir is not None:
+            model = load_pt_without_init(auto, pt_dir, config, **{
+                k: v for k, v in kwargs.items() if k != "from_pt"})
+            if model is not None:
+                return model, config
     try:
         model = auto.from_pretrained(name_or_path, config=config, **kwargs)
     except (OSError, EnvironmentError):
-        if kwargs.get("from_pt") or os.path.isdir(name_or_path):
+        if kwargs.get("from_pt") or local:
             raise
         model = auto.from_pretrained(name_or_path, config=config, from_pt=True, **kwargs)
     return model, config
+
+
+def load_flax_without_init(auto, name_or_path: str, config, **model_kwargs):
+    """A Flax model with the Flax weights of ``name_or_path`` (local directory or hub id),
+    without random initialisation.
+
+    transformers' ``from_pretrained`` builds the model by initialising every parameter at
+    random (about a hundred small compiled programs: seconds) and then overwrites them with the
+    checkpoint. With ``_do_init=False`` it only reads the checkpoint (``flax_model.msgpack``,
+    sharded msgpack or Flax ``model.safetensors``, with transformers' own handling of the
+    base-model prefix); the parameters are then attached to the model and moved to the
+    default device. Returns ``None`` — the caller then takes the standard path — when the
+    checkpoint has no Flax weights or lacks some parameter (the standard path initialises
+    those and warns).
+    """
+    import jax
+    from flax.traverse_util import flatten_dict
+    try:
+        model, params = auto.from_pretrained(name_or_path, config=config, _do_init=False,
+                                             **model_kwargs)
+    except (OSError, EnvironmentError, ValueError, TypeError):
+        return None
+    if model.required_params - set(flatten_dict(params)):
+        return None
+    _compat.attach_params(model, jax.device_put(params, jax.devices()[0]))
+    return model
+
+
+def _cached_pt_dir(name: str) -> Optional[str]:
+    """The local snapshot directory holding hub repo ``name``'s ``model.safetensors``
+    (downloaded if needed), or ``None`` when it has none."""
+    from transformers.utils import cached_file
+    try:
+        file = cached_file(name, "model.safetensors", _raise_exceptions_for_missing_entries=False)
+    except (OSError, EnvironmentError):
+        return None
+    return os.path.dirname(file) if file else None
 
 
 def load_pt_without_init(auto, path: str, config, **model_kwargs):

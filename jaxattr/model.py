@@ -15,6 +15,7 @@ from .adapters import make_adapter
 from .encoding import (EncodedSequence, InputError, _as_list, _check_length, _check_nonempty,
                        _resolve_span, _strip_trailing_eos, align_contrast, encode_decoder_only,
                        encode_encoder_decoder, pad_batch, pad_contrast)
+from .generation import new_tokens
 from .methods import get_method, integrated_gradients
 from .methods._common import check_finite
 from .pipeline import ModelBatch, attribute_batch, split_kwargs
@@ -55,7 +56,7 @@ class AttributionModel:
 
     def __init__(self, hf_model, tokenizer, *, name: Optional[str] = None,
                  embedding_paths: Optional[dict] = None):
-        _compat.apply()
+        _compat.apply(getattr(hf_model.config, "model_type", None))
         self.hf_model = hf_model
         self.tokenizer = tokenizer
         self.config = hf_model.config
@@ -135,26 +136,24 @@ class AttributionModel:
         gen = dict(max_new_tokens=20, do_sample=False)
         gen.update(generation_args)
         bs = batch_size or len(texts)
-        pad = self.pad_token_id
         out = []
         for start in range(0, len(texts), bs):
             chunk = texts[start:start + bs]
             if self.is_encoder_decoder:
                 enc = [list(tok(t)["input_ids"]) for t in chunk]
-                ids, mask = _pad_rows(enc, pad, left=False)
             else:
                 enc = [_strip_trailing_eos(list(tok(t)["input_ids"]), tok) for t in chunk]
-                ids, mask = _pad_rows(enc, pad, left=True)
             for r, e in enumerate(enc):
                 _check_length(len(e), self.max_positions, "input", start + r)
-            res = self.hf_model.generate(ids, attention_mask=mask, params=self.params,
-                                         pad_token_id=pad, **gen)
-            seqs = np.asarray(res.sequences)
+            new = new_tokens(self.hf_model, self.adapter, enc, gen,
+                             is_encoder_decoder=self.is_encoder_decoder,
+                             pad_token_id=self.pad_token_id,
+                             decoder_start_token_id=self.decoder_start_token_id,
+                             max_positions=self.max_positions)
             eos = tok.eos_token_id if tok.eos_token_id is not None else self.config.eos_token_id
             for r, e in enumerate(enc):
-                row = seqs[r, ids.shape[1]:] if not self.is_encoder_decoder else seqs[r, 1:]
                 cont = []
-                for token in row.tolist():
+                for token in new[r].tolist():
                     if eos is not None and token == eos:
                         if self.is_encoder_decoder:
                             cont.append(token)
@@ -683,18 +682,6 @@ def _kwarg(fn, given: dict, name: str):
     return int(inspect.signature(fn).parameters[name].default)
 
 
-def _pad_rows(rows, pad_id, *, left):
-    n = max(len(r) for r in rows)
-    ids = np.full((len(rows), n), pad_id, np.int32)
-    mask = np.zeros((len(rows), n), np.int32)
-    for i, r in enumerate(rows):
-        if left:
-            ids[i, n - len(r):], mask[i, n - len(r):] = r, 1
-        else:
-            ids[i, :len(r)], mask[i, :len(r)] = r, 1
-    return ids, mask
-
-
 def load_model(name_or_path: Any, *, tokenizer: Any = None, dtype: Any = None,
                embedding_paths: Optional[dict] = None, **model_kwargs) -> AttributionModel:
     """Load a model for attribution.
@@ -709,7 +696,6 @@ def load_model(name_or_path: Any, *, tokenizer: Any = None, dtype: Any = None,
       embedding_paths: token-embedding module paths for classes jaxattr does not know.
       **model_kwargs: passed to ``from_pretrained``.
     """
-    _compat.apply()
     if isinstance(name_or_path, str) and not os.path.exists(name_or_path):
         from . import zoo
         if name_or_path in zoo.BUNDLED:

@@ -162,9 +162,9 @@ def make_model(arch: str = "gpt2", *, hidden: int = 32, layers: int = 2, heads: 
     """
     import transformers as T
     from . import _compat
-    _compat.apply()
     tok = make_tokenizer(_TOKENIZER_STYLE[arch])
     cfg = _config(arch, tok, hidden=hidden, layers=layers, heads=heads, positions=positions,
                   init=init)
+    _compat.apply(cfg.model_type)
     model = getattr(T, _FLAX_CLASS[arch])(cfg, seed=seed)
     return model, tok
