@@ -1,17 +1,53 @@
 """Loading Hugging Face Flax checkpoints (Flax or PyTorch safetensors weights)."""
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Optional
 
 from . import _compat
 
 __all__ = ["load_hf_model", "load_pt_without_init", "load_flax_without_init",
-           "weights_format", "supported_architectures", "UnsupportedModelError"]
+           "weights_format", "supported_architectures", "UnsupportedModelError",
+           "IncompleteCheckpointError"]
 
 
 class UnsupportedModelError(ValueError):
     """The checkpoint's architecture has no Flax class in transformers."""
+
+
+class IncompleteCheckpointError(ValueError):
+    """Loading would leave some parameter randomly initialised (missing or tied weights)."""
+
+
+@contextlib.contextmanager
+def _refuse_random_init(name: str):
+    """Turn transformers' "newly initialized" warning (a parameter the checkpoint lacks, which
+    ``from_pretrained`` fills at random) into :class:`IncompleteCheckpointError`."""
+    import logging
+    seen: list = []
+
+    class _Catch(logging.Handler):
+        def emit(self, record):
+            msg = record.getMessage()
+            if "newly initialized" in msg:
+                seen.append(msg)
+
+    logger = logging.getLogger("transformers.modeling_flax_utils")
+    handler, level = _Catch(level=logging.WARNING), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING)   # seen even when the user silenced transformers
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    if seen:
+        raise IncompleteCheckpointError(
+            f"{name!r}: the checkpoint lacks parameters that transformers would initialise at "
+            f"random (a missing or tied weight): {seen[0]}. Attributions of such a model are "
+            "meaningless; use a complete checkpoint (for tied Llama heads, load the directory "
+            "with jaxattr.load_model(path), whose native family ties them).")
 
 
 def _auto_classes():
@@ -57,8 +93,11 @@ def load_hf_model(name_or_path: str, *, dtype: Any = None, **model_kwargs):
     files) takes transformers' standard path. Returns ``(model, config)``.
     """
     from transformers import AutoConfig
+
+    from .adapters.flax_guard import check_flax_config
     config = AutoConfig.from_pretrained(name_or_path)
     _compat.apply(config.model_type)
+    check_flax_config(config)
     causal, s2s = _auto_classes()
     auto = s2s if getattr(config, "is_encoder_decoder", False) else causal
     if type(config) not in auto._model_mapping:
@@ -87,12 +126,13 @@ def load_hf_model(name_or_path: str, *, dtype: Any = None, **model_kwargs):
                 k: v for k, v in kwargs.items() if k != "from_pt"})
             if model is not None:
                 return model, config
-    try:
-        model = auto.from_pretrained(name_or_path, config=config, **kwargs)
-    except (OSError, EnvironmentError):
-        if kwargs.get("from_pt") or local:
-            raise
-        model = auto.from_pretrained(name_or_path, config=config, from_pt=True, **kwargs)
+    with _refuse_random_init(name_or_path):
+        try:
+            model = auto.from_pretrained(name_or_path, config=config, **kwargs)
+        except (OSError, EnvironmentError):
+            if kwargs.get("from_pt") or local:
+                raise
+            model = auto.from_pretrained(name_or_path, config=config, from_pt=True, **kwargs)
     return model, config
 
 
@@ -143,7 +183,8 @@ def load_pt_without_init(auto, path: str, config, **model_kwargs):
     against those shapes, and the result is attached to the model. Returns ``None`` — the
     caller then takes the standard path — for anything this does not cover: no single
     ``model.safetensors``, keyword arguments other than ``dtype``, or a checkpoint that lacks
-    some parameter (the standard path initialises those and warns).
+    some parameter (the standard path then refuses it with
+    :class:`IncompleteCheckpointError`).
     """
     file = os.path.join(path, "model.safetensors")
     if not os.path.isfile(file) or set(model_kwargs) - {"dtype"}:

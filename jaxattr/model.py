@@ -394,6 +394,7 @@ class AttributionModel:
         else:
             seqs = self.encode(texts, generated_texts, attr_pos_start=attr_pos_start,
                                attr_pos_end=attr_pos_end)
+        self._check_exact_length(seqs)
         contrasts = alignments = None
         if has_contrast:
             contrasts, alignments = self._encode_contrast(
@@ -454,6 +455,17 @@ class AttributionModel:
         return _Plan(seqs=seqs, contrasts=contrasts, alignments=alignments, chunks=chunks,
                      rows=rows, baseline_ids_kind=baseline_ids_kind,
                      baseline_arrays=baseline_arrays, call=call, info=info, mesh=mesh)
+
+    def _check_exact_length(self, seqs) -> None:
+        """Refuse sequences longer than the backend computes exactly (Flax Mistral's window)."""
+        limit = getattr(self.adapter, "max_length", None)
+        longest = max((len(s.target_ids) for s in seqs), default=0)
+        if limit is not None and longest > limit:
+            raise InputError(
+                f"a sequence of {longest} tokens is longer than sliding_window={limit} of this "
+                f"{type(self.hf_model).__name__}, whose Flax window mask keeps one key more "
+                "than PyTorch's; shorten the inputs or load the checkpoint directory with "
+                "jaxattr.load_model(path) (native decoder family).")
 
     def _batch(self, plan: "_Plan", chunk) -> ModelBatch:
         """Padded device arrays of one chunk of the plan (sharded over ``plan.mesh``)."""

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from .embeddings import embedding_paths_for
+from .flax_guard import check_flax_config, max_exact_length
 
 __all__ = ["ModelAdapter", "UnknownEmbeddingPathError", "make_adapter", "seen_embedding_paths"]
 
@@ -40,6 +41,9 @@ class ModelAdapter(struct.PyTreeNode):
       embed_scale: factor the model applies to its embedding lookup (``sqrt(d_model)`` for
         configs with ``scale_embedding=True``: BART, mBART, Marian, Pegasus, XGLM). Attributed
         embeddings include it, as in PyTorch/Inseq, where it is part of the embedding layer.
+      max_length: the longest sequence (real tokens) the Flax class computes like PyTorch
+        (``None``: no limit; Flax Mistral: its sliding window). Checked host side where
+        sequences are encoded.
     """
     params: Any
     hf_model: Any = struct.field(pytree_node=False)
@@ -47,6 +51,7 @@ class ModelAdapter(struct.PyTreeNode):
     encoder_path: Optional[tuple] = struct.field(pytree_node=False, default=None)
     is_encoder_decoder: bool = struct.field(pytree_node=False, default=False)
     embed_scale: float = struct.field(pytree_node=False, default=1.0)
+    max_length: Optional[int] = struct.field(pytree_node=False, default=None)
 
     # ------------------------------------------------------------------ embeddings
     def embedding_matrix(self, side: str = "decoder") -> jax.Array:
@@ -273,6 +278,7 @@ def make_adapter(hf_model, *, embedding_paths: Optional[dict] = None, params=Non
         ``"encoder"`` for encoder-decoder models); a module path as ``/``-string or tuple.
       params: parameters to use instead of ``hf_model.params``.
     """
+    check_flax_config(hf_model.config)
     is_ed = bool(getattr(hf_model.config, "is_encoder_decoder", False))
     name = type(hf_model).__name__
     table = embedding_paths or embedding_paths_for(name)
@@ -301,4 +307,4 @@ def make_adapter(hf_model, *, embedding_paths: Optional[dict] = None, params=Non
     scale = math.sqrt(cfg.d_model) if getattr(cfg, "scale_embedding", False) else 1.0
     return ModelAdapter(params=p, hf_model=hf_model, decoder_path=table["decoder"],
                         encoder_path=table.get("encoder"), is_encoder_decoder=is_ed,
-                        embed_scale=scale)
+                        embed_scale=scale, max_length=max_exact_length(cfg))

@@ -1,0 +1,200 @@
+"""The forward pass of the native llama-like decoder, as pure functions of a parameter pytree.
+
+Parameters (``[L_layers, ...]`` stacked, weights stored ``[in, out]`` so ``x @ w``)::
+
+    {"embed": [V, H], "final_norm": [H], "head": [H, V] (untied only),
+     "layers": {"q": [n, H, heads*hd], "k"/"v": [n, H, kv*hd], "o": [n, heads*hd, H],
+                "gate"/"up": [n, H, F], "down": [n, F, H],
+                optional "q_bias", "k_bias", "v_bias", "o_bias", "gate_bias", "up_bias",
+                "down_bias", "q_norm", "k_norm", and the block norms "attn_in", "attn_out",
+                "mlp_in", "mlp_out" ([n, H])}}
+
+The layers run under ``lax.scan`` (compile time does not grow with depth); a layer whose
+sites are patched with Python functions runs on its own between scanned segments. Sites
+(:mod:`jaxattr.internals.sites`) are applied by a ``hook(kind, value)`` callback: original
+value -> patch -> + delta -> captured, as the protocol states.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+
+from .rope import apply_rope, rope_tables
+from .spec import DecoderSpec
+
+__all__ = ["rms_norm", "lookup", "head_logits", "hidden_states", "NO_WINDOW"]
+
+NO_WINDOW = 2 ** 30
+_ACT = {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+        "gelu": lambda x: jax.nn.gelu(x, approximate=False), "relu": jax.nn.relu}
+
+
+def rms_norm(x: jax.Array, w: jax.Array, spec: DecoderSpec) -> jax.Array:
+    """RMSNorm over the last axis in float32, in the family's variant (``spec.norm_style``)."""
+    xf = x.astype(jnp.float32)
+    n = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + spec.norm_eps)
+    if spec.norm_style == "gemma":
+        return (n * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
+    if spec.norm_style == "olmo2":
+        return (w.astype(jnp.float32) * n).astype(x.dtype)
+    return w * n.astype(x.dtype)
+
+
+def lookup(spec: DecoderSpec, params: dict, ids: jax.Array) -> jax.Array:
+    """What PyTorch's ``get_input_embeddings()(ids)`` returns ``[B, L, H]`` (Gemma 3: times
+    ``sqrt(H)`` in the parameter dtype)."""
+    table = params["embed"]
+    out = jnp.take(table, ids.astype(jnp.int32), axis=0)
+    if spec.embed_scale_in_lookup:
+        out = out * jnp.asarray(spec.embed_scale, table.dtype)
+    return out
+
+
+def head_logits(spec: DecoderSpec, head_params: dict, hidden: jax.Array) -> jax.Array:
+    """Logits ``[..., V]`` of the final-norm output: the head matmul (the embedding matrix when
+    tied) and the final soft-cap."""
+    w = head_params["head"]
+    logits = hidden @ w.T if spec.tied else hidden @ w
+    if spec.final_softcap:
+        c = spec.final_softcap
+        logits = jnp.tanh(logits / c) * c
+    return logits
+
+
+def _linear(x, p, name):
+    y = x @ p[name]
+    return y + p[name + "_bias"] if name + "_bias" in p else y
+
+
+def _attention(spec: DecoderSpec, p: dict, h, cos, sin, allowed, hook):
+    b, n, _ = h.shape
+    nh, kv, hd = spec.n_heads, spec.n_kv_heads, spec.head_dim
+    q, k, v = _linear(h, p, "q"), _linear(h, p, "k"), _linear(h, p, "v")
+    if spec.qk_norm == "full":
+        q, k = rms_norm(q, p["q_norm"], spec), rms_norm(k, p["k_norm"], spec)
+    q, k, v = q.reshape(b, n, nh, hd), k.reshape(b, n, kv, hd), v.reshape(b, n, kv, hd)
+    if spec.qk_norm == "head":
+        q, k = rms_norm(q, p["q_norm"], spec), rms_norm(k, p["k_norm"], spec)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    q = q.reshape(b, n, kv, nh // kv, hd)     # head h reads kv head h // (nh / kv)
+    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k) * jnp.asarray(spec.attn_scale, q.dtype)
+    if spec.attn_softcap:
+        c = spec.attn_softcap
+        scores = jnp.tanh(scores / c) * c
+    scores = jnp.where(allowed[:, None, None], scores.astype(jnp.float32),
+                       jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    hook("attn_pattern", probs.reshape(b, nh, n, n))
+    heads = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, n, nh, hd)
+    heads = hook("head_out", heads)
+    return _linear(heads.reshape(b, n, nh * hd), p, "o")
+
+
+def _mlp(spec: DecoderSpec, p: dict, h):
+    gate, up = _linear(h, p, "gate"), _linear(h, p, "up")
+    return _linear(_ACT[spec.act](gate) * up, p, "down")
+
+
+def _block(spec: DecoderSpec, p: dict, x, cos, sin, allowed, hook):
+    x = hook("resid_pre", x)
+    h = rms_norm(x, p["attn_in"], spec) if "attn_in" in spec.norms else x
+    a = _attention(spec, p, h, cos, sin, allowed, hook)
+    if "attn_out" in spec.norms:
+        a = rms_norm(a, p["attn_out"], spec)
+    x = x + hook("attn_out", a)
+    h = rms_norm(x, p["mlp_in"], spec) if "mlp_in" in spec.norms else x
+    m = _mlp(spec, p, h)
+    if "mlp_out" in spec.norms:
+        m = rms_norm(m, p["mlp_out"], spec)
+    x = x + hook("mlp_out", m)
+    return hook("resid_post", x)
+
+
+def _tables(spec: DecoderSpec, mask):
+    """``cos, sin`` ``[3, B, L, rot]``: index 0 no rotation (NoPE), 1 global, 2 local."""
+    positions = jnp.maximum(jnp.cumsum(mask, axis=-1) - 1, 0)
+    seq_len = jnp.sum(mask, axis=-1)
+    cos_g, sin_g = rope_tables(spec.rope, positions, seq_len)
+    cos_l, sin_l = (rope_tables(spec.rope_local, positions, seq_len)
+                    if spec.rope_local is not None else (cos_g, sin_g))
+    return (jnp.stack([jnp.ones_like(cos_g), cos_g, cos_l]),
+            jnp.stack([jnp.zeros_like(sin_g), sin_g, sin_l]))
+
+
+def hidden_states(spec: DecoderSpec, params: dict, embeds: jax.Array, mask: jax.Array, *,
+                  top_hook: Callable, layer_hook: Callable, patched_layers=frozenset(),
+                  scan_deltas: Optional[dict] = None, scan_capture=frozenset()):
+    """The final-norm output ``[B, L, H]`` for the attributed embeddings ``embeds [B, L, H]``
+    and the padding mask ``mask [B, L]`` (real tokens 1; positions count real tokens, so
+    left and right padding both work).
+
+    Args:
+      top_hook: ``(name, value) -> value`` for ``embed`` and ``final_norm``.
+      layer_hook: ``(layer, kind, value) -> value`` for a layer run on its own (Python int).
+      patched_layers: layers that run on their own (their sites have Python patches).
+      scan_deltas: ``{kind: [n_layers, ...]}`` added at that kind in scanned layers.
+      scan_capture: kinds whose values the scanned layers return.
+
+    Returns:
+      ``(hidden [B, L, H], {kind: {layer: value}})`` with the scanned layers' captures.
+    """
+    mask = mask.astype(jnp.int32)
+    x = top_hook("embed", embeds)
+    if spec.embed_scale != 1.0 and not spec.embed_scale_in_lookup:
+        x = x * jnp.asarray(spec.embed_scale, x.dtype)
+    b, n = mask.shape
+    cos, sin = _tables(spec, mask)
+    idx = jnp.arange(n)
+    causal = idx[None, :] <= idx[:, None]                                     # [q, k]
+    base = causal[None] & (mask[:, None, :] > 0)                               # [B, q, k]
+    dist = idx[:, None] - idx[None, :]
+    windows = jnp.asarray([NO_WINDOW if w is None else w for w in spec.layer_window], jnp.int32)
+    ropes = jnp.asarray(spec.layer_rope, jnp.int32)
+    layers = params["layers"]
+    captured: dict = {}
+    scan_deltas = scan_deltas or {}
+
+    def run_one(layer, x):
+        p = jax.tree_util.tree_map(lambda a: a[layer], layers)
+        allowed = base & (dist < windows[layer])[None]
+        r = spec.layer_rope[layer]
+        return _block(spec, p, x, cos[r], sin[r], allowed,
+                      lambda kind, v: layer_hook(layer, kind, v))
+
+    def run_scan(start, stop, x):
+        xs = (jax.tree_util.tree_map(lambda a: a[start:stop], layers), windows[start:stop],
+              ropes[start:stop], {k: d[start:stop] for k, d in scan_deltas.items()})
+
+        def body(x, sl):
+            p, w, r, deltas = sl
+            out = {}
+
+            def hook(kind, v):
+                if kind in deltas:
+                    v = v + deltas[kind].astype(v.dtype)
+                if kind in scan_capture:
+                    out[kind] = v
+                return v
+
+            allowed = base & (dist < w)[None]
+            x = _block(spec, p, x, cos[r], sin[r], allowed, hook)
+            return x, out
+
+        x, ys = jax.lax.scan(body, x, xs)
+        for kind, stacked in ys.items():
+            for i in range(stop - start):
+                captured.setdefault(kind, {})[start + i] = stacked[i]
+        return x
+
+    start = 0
+    for layer in range(spec.n_layers + 1):
+        if layer == spec.n_layers or layer in patched_layers:
+            if layer > start:
+                x = run_scan(start, layer, x)
+            if layer < spec.n_layers:
+                x = run_one(layer, x)
+            start = layer + 1
+    h = rms_norm(x, params["final_norm"], spec)
+    return top_hook("final_norm", h), captured

@@ -1,0 +1,231 @@
+"""The native decoder as a model backend: :class:`NativeDecoder` (the internals protocol over
+our own forward) and :class:`NativeModel` (config, generation) from :func:`load_native`."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from ..internals.sites import parse_site, resolve_sites, site_names
+from .checkpoint import params_from_tensors, read_tensors
+from .decoder import head_logits, hidden_states, lookup
+from .spec import DecoderSpec, spec_from_config
+
+__all__ = ["NativeDecoder", "NativeModel", "load_native"]
+
+_KINDS = ("resid_pre", "attn_pattern", "head_out", "attn_out", "mlp_out", "resid_post")
+
+
+class NativeDecoder(struct.PyTreeNode):
+    """Pure functions of a llama-like decoder (:class:`~jaxattr.internals.ModelFunctions`).
+
+    Attributes:
+      params: the parameter pytree (:mod:`jaxattr.models.decoder`).
+      spec: the static :class:`~jaxattr.models.spec.DecoderSpec`.
+    """
+    params: Any
+    spec: DecoderSpec = struct.field(pytree_node=False)
+    is_encoder_decoder: bool = struct.field(pytree_node=False, default=False)
+
+    @property
+    def embed_scale(self) -> float:
+        """The factor PyTorch's embedding module applies (Gemma 3: ``sqrt(H)``; else 1)."""
+        return self.spec.embed_scale if self.spec.embed_scale_in_lookup else 1.0
+
+    def embedding_matrix(self, side: str = "decoder") -> jax.Array:
+        """``[V, H]`` token-embedding table."""
+        return self.params["embed"]
+
+    def embed(self, ids: jax.Array, *, side: str = "decoder") -> jax.Array:
+        """Attributed embeddings ``[B, L, H]``: what ``get_input_embeddings()(ids)`` returns."""
+        return lookup(self.spec, self.params, ids)
+
+    def sites(self) -> tuple:
+        """Every site name, in canonical order."""
+        return site_names(self.spec.n_layers, kinds=_KINDS)
+
+    def logits(self, **kwargs) -> jax.Array:
+        """``forward(**kwargs)["logits"]``."""
+        return self.forward(**kwargs)["logits"]
+
+    def forward(self, *, target_ids: jax.Array, target_mask: jax.Array,
+                target_embeds: Optional[jax.Array] = None, source_ids=None, source_mask=None,
+                source_embeds=None, dropout_rng=None, positions: Optional[jax.Array] = None,
+                return_head: bool = False, output_attentions: bool = False,
+                capture: Sequence[str] = (), patch: Optional[Mapping[str, Callable]] = None,
+                delta: Optional[Mapping[str, jax.Array]] = None, site=None,
+                site_value: Optional[jax.Array] = None) -> dict:
+        """One teacher-forced forward (see :class:`~jaxattr.internals.ModelFunctions`).
+
+        ``target_embeds`` replaces the embedding lookup (what attribution differentiates).
+        ``positions [B, T]`` gathers the final-norm output before the head. ``site`` /
+        ``site_value`` (the pipeline's layer attribution: a one-element tuple holding a site
+        name) capture that site as ``"site"`` and, with a value, replace it. Dropout is not
+        part of these models (inference); ``dropout_rng`` must be ``None``.
+
+        Returns ``{"logits", "captured", "attentions", "site"}`` (+ ``"hidden"``, ``"head"``,
+        ``"head_params"`` with ``return_head``).
+        """
+        if dropout_rng is not None:
+            raise ValueError("the native decoder has no dropout (its configs' dropout rates "
+                             "apply to training only); drop the MC-dropout target.")
+        spec = self.spec
+        patch, delta = dict(patch or {}), dict(delta or {})
+        avail = self.sites()
+        capture = resolve_sites(capture, avail) if capture else ()
+        legacy = None
+        if site is not None:
+            legacy = "/".join(site) if isinstance(site, (tuple, list)) else str(site)
+            legacy = resolve_sites(legacy, avail)[0]
+            capture = tuple(dict.fromkeys(capture + (legacy,)))
+            if site_value is not None:
+                value = site_value
+                patch[legacy] = lambda v: value.astype(v.dtype)
+        for name in list(patch) + list(delta):
+            resolve_sites(name, avail, patchable=True)
+        if output_attentions:
+            capture = tuple(dict.fromkeys(capture + tuple(
+                f"blocks.{l}.attn_pattern" for l in range(spec.n_layers))))
+        want = set(capture)
+        captured: dict = {}
+
+        def apply(name, value):
+            if name in patch:
+                new = patch[name](value)
+                if tuple(new.shape) != tuple(value.shape):
+                    raise ValueError(f"the patch at {name!r} returned shape {new.shape}; the "
+                                     f"site has shape {value.shape}.")
+                value = new.astype(value.dtype)
+            if name in delta:
+                value = value + delta[name].astype(value.dtype)
+            if name in want:
+                captured[name] = value
+            return value
+
+        parsed = {n: parse_site(n) for n in list(patch) + list(delta) + list(want)}
+        patched_layers = frozenset(s.layer for n, s in parsed.items()
+                                   if n in patch and s.layer is not None)
+        scan_deltas = {}
+        for n, s in parsed.items():
+            if n in delta and s.layer is not None and s.layer not in patched_layers:
+                if s.kind not in scan_deltas:
+                    shape = (spec.n_layers,) + tuple(delta[n].shape)
+                    scan_deltas[s.kind] = [None] * spec.n_layers
+                scan_deltas[s.kind][s.layer] = delta[n]
+        for kind, items in scan_deltas.items():
+            ref = next(d for d in items if d is not None)
+            scan_deltas[kind] = jnp.stack([jnp.zeros_like(ref) if d is None else d
+                                           for d in items])
+        scan_capture = frozenset(s.kind for n, s in parsed.items()
+                                 if n in want and s.layer is not None)
+        embeds = self.embed(target_ids) if target_embeds is None else target_embeds
+        if tuple(embeds.shape[:2]) != tuple(target_ids.shape):
+            raise ValueError(f"target_embeds of shape {embeds.shape} do not match the ids "
+                             f"{target_ids.shape}.")
+        h, scanned = hidden_states(
+            spec, self.params, embeds, target_mask, top_hook=apply,
+            layer_hook=lambda l, kind, v: apply(f"blocks.{l}.{kind}", v),
+            patched_layers=patched_layers, scan_deltas=scan_deltas, scan_capture=scan_capture)
+        for kind, per_layer in scanned.items():
+            for layer, value in per_layer.items():
+                name = f"blocks.{layer}.{kind}"
+                if name in want:
+                    captured[name] = value
+        head_params = {"head": self.params["embed"] if spec.tied else self.params["head"]}
+        hidden = h
+        if positions is not None:
+            hidden = jnp.take_along_axis(h, positions[..., None].astype(jnp.int32), axis=1)
+        out = {"captured": {n: captured[n] for n in capture if n in captured},
+               "attentions": None, "site": captured.get(legacy) if legacy else None}
+        if output_attentions:
+            out["attentions"] = {"attentions": tuple(
+                captured[f"blocks.{l}.attn_pattern"] for l in range(spec.n_layers))}
+        if return_head:
+            out["logits"] = head_logits(spec, head_params, jax.lax.stop_gradient(hidden))
+            out.update(hidden=hidden, head=functools.partial(_head, spec),
+                       head_params=head_params)
+        else:
+            out["logits"] = head_logits(spec, head_params, hidden)
+        return out
+
+
+def _head(spec, hidden, head_params):
+    return head_logits(spec, head_params, hidden)
+
+
+class _Generated:
+    def __init__(self, sequences):
+        self.sequences = sequences
+
+
+@dataclasses.dataclass
+class NativeModel:
+    """A loaded native checkpoint: the Hugging Face ``config`` (for token ids and lengths) and
+    ``functions`` (the :class:`NativeDecoder` pytree).
+
+    Attributes:
+      config: the ``transformers`` config; functions: :class:`NativeDecoder`; name: the path.
+    """
+    config: Any
+    functions: NativeDecoder
+    name: str = ""
+
+    @property
+    def params(self):
+        """The parameter pytree."""
+        return self.functions.params
+
+    def generate(self, input_ids, *, attention_mask=None, params=None, pad_token_id=0,
+                 max_new_tokens: int = 20, do_sample: bool = False, **unused):
+        """Greedy continuation of left-padded ``input_ids [B, P]``: ``.sequences`` ``[B, P +
+        max_new_tokens]`` (one compiled forward over the full buffer, run once per step).
+
+        Raises:
+          ValueError: sampling or other generation options (only greedy decoding here).
+        """
+        if do_sample or unused:
+            raise ValueError(f"the native decoder generates greedily only; got do_sample="
+                             f"{do_sample} and options {sorted(unused)}.")
+        fns = self.functions if params is None else self.functions.replace(params=params)
+        ids = np.asarray(input_ids, np.int32)
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
+        b, p = ids.shape
+        buf = np.full((b, p + max_new_tokens), pad_token_id, np.int32)
+        m = np.zeros_like(buf)
+        buf[:, :p], m[:, :p] = ids, mask
+        for step in range(max_new_tokens):
+            pos = np.full((b, 1), p + step - 1, np.int32)
+            nxt = np.asarray(_next_token(fns, jnp.asarray(buf), jnp.asarray(m), jnp.asarray(pos)))
+            buf[:, p + step], m[:, p + step] = nxt, 1
+        return _Generated(buf)
+
+
+@jax.jit
+def _next_token(fns, ids, mask, pos):
+    logits = fns.forward(target_ids=ids, target_mask=mask, positions=pos)["logits"]
+    return jnp.argmax(logits[:, 0], axis=-1)
+
+
+def load_native(path: str, *, dtype: Any = None) -> NativeModel:
+    """Load a local Hugging Face checkpoint directory (``config.json`` + safetensors) into
+    the native family, without torch.
+
+    Args:
+      path: the directory.
+      dtype: parameter / computation dtype (default float32; ``jnp.bfloat16`` keeps bf16).
+
+    Raises:
+      UnsupportedConfigError: a config setting the native family does not implement.
+      CheckpointError: missing, mis-shaped or unused tensors.
+    """
+    from transformers import AutoConfig
+    config = AutoConfig.from_pretrained(path)
+    spec = spec_from_config(config)
+    params = params_from_tensors(spec, read_tensors(path), dtype=dtype, source=path)
+    return NativeModel(config=config, functions=NativeDecoder(params=params, spec=spec),
+                       name=path)
