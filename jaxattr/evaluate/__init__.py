@@ -1,0 +1,16 @@
+"""Evaluating attributions: faithfulness per generated token and plausibility against ground truth.
+
+    from jaxattr import evaluate
+    out = model.attribute(prompts, texts, method="saliency")
+    res = evaluate.faithfulness(model, out)            # comprehensiveness, sufficiency (AOPC)
+    print(res.to_table()); res.per_sequence(); res.save("faith.npz")
+"""
+from .faithfulness import evaluate_items, faithfulness
+from .metrics import aopc_mask, soft_keep, step_metrics
+from .perturb import ModelScorer, PerturbedChunk, score_rows
+from .rationale import DIRECTIONS, METRICS, FaithfulnessSpec, StepItem, step_items
+from .result import FaithfulnessResult, load_faithfulness
+
+__all__ = ["faithfulness", "evaluate_items", "FaithfulnessResult", "load_faithfulness",
+           "FaithfulnessSpec", "StepItem", "step_items", "ModelScorer", "PerturbedChunk",
+           "score_rows", "step_metrics", "aopc_mask", "soft_keep", "METRICS", "DIRECTIONS"]
