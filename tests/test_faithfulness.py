@@ -172,17 +172,22 @@ def test_batched_equals_loop_of_single_forwards(gpt2, erase):
     special = set(gpt2.tokenizer.all_special_ids)
     unk = gpt2.tokenizer.unk_token_id
 
+    @jax.jit
+    def _probs(ids, mask, keep, last):  # one sequence, right-padded to a fixed length
+        emb = jnp.where(keep[None, :, None], ad.embed(ids[None]),
+                        ad.embed(jnp.full((1, ids.shape[0]), unk)))
+        logits = ad.logits(target_ids=ids[None], target_mask=mask[None], target_embeds=emb)
+        return jax.nn.softmax(logits[0, last].astype(jnp.float32))
+
     def prob(ids, keep):
         ids = np.asarray(ids)
         if erase == "delete":
             ids = ids[keep] if keep.any() else np.array([unk])
-            emb = ad.embed(jnp.asarray(ids)[None])
-        else:
-            emb = jnp.where(jnp.asarray(keep)[None, :, None], ad.embed(jnp.asarray(ids)[None]),
-                            ad.embed(jnp.full((1, len(ids)), unk)))
-        logits = ad.logits(target_ids=jnp.asarray(ids)[None],
-                           target_mask=jnp.ones((1, len(ids)), jnp.int32), target_embeds=emb)
-        return jax.nn.softmax(logits[0, -1].astype(jnp.float32))
+            keep = np.ones(len(ids), bool)
+        pad = 32 - len(ids)
+        return _probs(jnp.asarray(np.pad(ids, (0, pad))), jnp.asarray(
+            np.pad(np.ones(len(ids), np.int32), (0, pad))), jnp.asarray(np.pad(keep, (0, pad))),
+            len(ids) - 1)
 
     for i, view in enumerate(agg):
         for t in range(view.attr_pos_end - view.attr_pos_start):
@@ -221,6 +226,7 @@ def test_encoder_decoder_source_mask_equals_loop(marian):
     col = view.source_attributions[:, t]
     order = [rows[j] for j in np.argsort(-col[rows], kind="stable")]
 
+    @jax.jit
     def prob(keep):
         emb = ad.embed(jnp.asarray(src)[None], side="encoder")
         base = ad.embed(jnp.full((1, len(src)), tok.unk_token_id), side="encoder")
@@ -229,14 +235,14 @@ def test_encoder_decoder_source_mask_equals_loop(marian):
                            source_ids=jnp.asarray(src)[None],
                            source_mask=jnp.ones((1, len(src)), jnp.int32),
                            source_embeds=jnp.where(jnp.asarray(keep)[None, :, None], emb, base))
-        return float(jax.nn.softmax(logits[0, -1].astype(jnp.float32))[y])
+        return jax.nn.softmax(logits[0, -1].astype(jnp.float32))[y]
 
-    full = prob(np.ones(len(src), bool))
+    full = float(prob(np.ones(len(src), bool)))
     for j, k in enumerate((1, 2)):
         keep = np.ones(len(src), bool)
         keep[order[:k]] = False
         np.testing.assert_allclose(res.bin_values["comprehensiveness"][0, t, j],
-                                   full - prob(keep), atol=1e-6)
+                                   full - float(prob(keep)), atol=1e-6)
 
 
 def test_all_metrics_round_trip_and_views(gpt2, tmp_path):
