@@ -7,10 +7,13 @@
 """
 from .faithfulness import evaluate_items, faithfulness
 from .metrics import aopc_mask, soft_keep, step_metrics
+from .plausibility import (PLAUSIBILITY_METRICS, PlausibilityResult, plausibility,
+                           step_plausibility)
 from .perturb import ModelScorer, PerturbedChunk, score_rows
 from .rationale import DIRECTIONS, METRICS, FaithfulnessSpec, StepItem, step_items
 from .result import FaithfulnessResult, load_faithfulness
 
 __all__ = ["faithfulness", "evaluate_items", "FaithfulnessResult", "load_faithfulness",
            "FaithfulnessSpec", "StepItem", "step_items", "ModelScorer", "PerturbedChunk",
-           "score_rows", "step_metrics", "aopc_mask", "soft_keep", "METRICS", "DIRECTIONS"]
+           "score_rows", "step_metrics", "plausibility", "PlausibilityResult",
+           "PLAUSIBILITY_METRICS", "step_plausibility", "aopc_mask", "soft_keep", "METRICS", "DIRECTIONS"]

@@ -10,13 +10,62 @@ from flax import struct
 
 from .rationale import DIRECTIONS
 
-__all__ = ["FaithfulnessResult", "load_faithfulness"]
+__all__ = ["FaithfulnessResult", "load_faithfulness", "SummaryMethods"]
 
 _FORMAT = "jaxattr.faithfulness"
 
 
+def _direction(metric: str) -> int:
+    """+1 when higher is better, -1 when lower is better."""
+    from .plausibility import PLAUSIBILITY_METRICS
+    return {**DIRECTIONS, **PLAUSIBILITY_METRICS}.get(metric, 1)
+
+
+class SummaryMethods:
+    """Per-sequence means and a text table over ``values`` ``{metric: [N, T]}`` and
+    ``step_mask`` ``[N, T]`` (shared by the faithfulness and plausibility results)."""
+
+    @property
+    def metrics(self) -> list:
+        return list(self.values)
+
+    def per_sequence(self) -> dict:
+        """``{metric: [N]}``: the mean over each sequence's steps where the metric is defined
+        (NaN for a sequence with none)."""
+        out = {}
+        for m, v in self.values.items():
+            v = np.where(self.step_mask, np.asarray(v, np.float64), np.nan)
+            ok = ~np.isnan(v)
+            s = np.where(ok, v, 0.0).sum(1)
+            c = ok.sum(1)
+            out[m] = np.where(c > 0, s / np.maximum(c, 1), np.nan)
+        return out
+
+    def mean(self) -> dict:
+        """``{metric: float}``: mean of the per-sequence means (sequences where defined)."""
+        return {m: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+                for m, v in self.per_sequence().items()}
+
+    def to_table(self, *, digits: int = 4) -> str:
+        """Plain-text table: per metric, the mean of per-sequence means, its standard error
+        and the number of sequences (↑ higher is better, ↓ lower is better)."""
+        per = self.per_sequence()
+        lines = [f"{'metric':<26}{'mean':>10}{'s.e.':>10}{'n':>6}"]
+        for m, v in per.items():
+            v = v[np.isfinite(v)]
+            arrow = "↑" if _direction(m) > 0 else "↓"
+            se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
+            mean = v.mean() if len(v) else float("nan")
+            lines.append(f"{m + ' ' + arrow:<26}{mean:>10.{digits}f}{se:>10.{digits}f}"
+                         f"{len(v):>6}")
+        return "\n".join(lines) + "\n"
+
+    def __str__(self) -> str:
+        return self.to_table()
+
+
 @struct.dataclass
-class FaithfulnessResult:
+class FaithfulnessResult(SummaryMethods):
     """Faithfulness of one attribution output (``N`` sequences, ``T`` steps, ``K`` bins).
 
     Attributes:
@@ -62,28 +111,6 @@ class FaithfulnessResult:
         return cls(values=values, bin_values=bins, curves=curves, curve_x=cx,
                    step_mask=mask, info=dict(info))
 
-    # -- summaries ----------------------------------------------------------------------------
-    @property
-    def metrics(self) -> list:
-        return list(self.values)
-
-    def per_sequence(self) -> dict:
-        """``{metric: [N]}``: the mean over each sequence's steps where the metric is defined
-        (NaN for a sequence with none)."""
-        out = {}
-        for m, v in self.values.items():
-            v = np.where(self.step_mask, np.asarray(v, np.float64), np.nan)
-            ok = ~np.isnan(v)
-            s = np.where(ok, v, 0.0).sum(1)
-            c = ok.sum(1)
-            out[m] = np.where(c > 0, s / np.maximum(c, 1), np.nan)
-        return out
-
-    def mean(self) -> dict:
-        """``{metric: float}``: mean of the per-sequence means (sequences where defined)."""
-        return {m: float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
-                for m, v in self.per_sequence().items()}
-
     def mean_curve(self, name: str = "deletion") -> tuple:
         """``(x[K+2], y[K+2])``: the ``name`` curve averaged over every defined step, against the
         nominal fractions (0, bins, 1) for fraction bins, else the mean fraction."""
@@ -100,24 +127,7 @@ class FaithfulnessResult:
             xs = x[ok].mean(0)
         return xs, y[ok].mean(0)
 
-    # -- views --------------------------------------------------------------------------------
-    def to_table(self, *, digits: int = 4) -> str:
-        """Plain-text table: per metric, the mean of per-sequence means, its standard error
-        and the number of sequences (↑ higher is better, ↓ lower is better)."""
-        per = self.per_sequence()
-        lines = [f"{'metric':<26}{'mean':>10}{'s.e.':>10}{'n':>6}"]
-        for m, v in per.items():
-            v = v[np.isfinite(v)]
-            arrow = "↑" if DIRECTIONS.get(m, 1) > 0 else "↓"
-            se = v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else float("nan")
-            mean = v.mean() if len(v) else float("nan")
-            lines.append(f"{m + ' ' + arrow:<26}{mean:>10.{digits}f}{se:>10.{digits}f}"
-                         f"{len(v):>6}")
-        return "\n".join(lines) + "\n"
-
-    def __str__(self) -> str:
-        return self.to_table()
-
+    # -- views (to_table, per_sequence, mean: SummaryMethods) -------------------------------
     def to_figure(self, *, figsize: tuple = (5.0, 3.5), title: Optional[str] = None):
         """Matplotlib figure of the mean deletion and insertion curves (needs matplotlib and
         ``"deletion"`` / ``"insertion"`` in the metrics)."""
