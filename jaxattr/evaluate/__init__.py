@@ -10,10 +10,14 @@ from .metrics import aopc_mask, soft_keep, step_metrics
 from .plausibility import (PLAUSIBILITY_METRICS, PlausibilityResult, plausibility,
                            step_plausibility)
 from .perturb import ModelScorer, PerturbedChunk, score_rows
+from .report import (RANDOM, EvalDataset, EvaluationReport, bootstrap_ci, evaluate_methods,
+                     file_dataset, random_attribution, zoo_dataset)
 from .rationale import DIRECTIONS, METRICS, FaithfulnessSpec, StepItem, step_items
 from .result import FaithfulnessResult, load_faithfulness
 
 __all__ = ["faithfulness", "evaluate_items", "FaithfulnessResult", "load_faithfulness",
            "FaithfulnessSpec", "StepItem", "step_items", "ModelScorer", "PerturbedChunk",
            "score_rows", "step_metrics", "plausibility", "PlausibilityResult",
-           "PLAUSIBILITY_METRICS", "step_plausibility", "aopc_mask", "soft_keep", "METRICS", "DIRECTIONS"]
+           "PLAUSIBILITY_METRICS", "step_plausibility",
+           "evaluate_methods", "EvaluationReport", "EvalDataset", "zoo_dataset", "file_dataset",
+           "random_attribution", "bootstrap_ci", "RANDOM", "aopc_mask", "soft_keep", "METRICS", "DIRECTIONS"]
