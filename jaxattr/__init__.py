@@ -25,6 +25,7 @@ from .model import AttributionModel, load_model
 from .pipeline import ModelBatch, attribute_batch
 from .results import AttributionOutput, BatchAttribution, SequenceAttribution
 from . import io
+from . import evaluate
 from .io import ResultFileError, load
 from .targets import TargetBatch, get_target, register_target
 
@@ -45,5 +46,5 @@ __all__ = [
     # errors
     "InputError", "UnsupportedModelError",
     # submodules
-    "methods", "targets", "aggregate", "io", "zoo",
+    "methods", "targets", "aggregate", "io", "zoo", "evaluate",
 ]

@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--max-batches", type=int, default=None, help=argparse.SUPPRESS)
     _add_common(d)
+    from .evaluate.cli import add_parser as _add_evaluate
+    _add_evaluate(sub)
     return parser
 
 
@@ -73,6 +75,9 @@ def _attribute_kwargs(args) -> dict:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "evaluate":
+        from .evaluate.cli import run
+        return run(args)
     import jaxattr
     jaxattr.enable_compilation_cache()  # the CLI's cold start: reuse compiled programs
     try:
