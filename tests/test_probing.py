@@ -24,8 +24,8 @@ def one_layer_data(n=2000, layers=4, h=16, at=2, seed=0):
 
 
 def test_one_decodable_layer_accuracy_and_compression():
-    x, y = one_layer_data()
-    res = P.fit(x, y, mdl=True)
+    x, y = one_layer_data(n=1500)
+    res = P.fit(x, y, mdl=True, spec=P.TrainSpec(max_steps=400))
     assert res.accuracy[2] >= 0.99
     for g in (0, 1, 3):
         assert abs(res.accuracy[g] - 0.5) <= 0.05, res.accuracy
@@ -47,8 +47,8 @@ def type_data(n=3000, n_types=120, h=12, seed=0):
 
 
 def test_mlp_memorises_control_task_linear_does_not():
-    x, y, types = type_data()
-    spec = P.TrainSpec(max_steps=1500, patience=10)
+    x, y, types = type_data(n=1500, n_types=80, h=8)
+    spec = P.TrainSpec(max_steps=600, patience=10, hidden=(128,))
     lin = P.fit(x, y, control="type", types=types, spec=spec)
     mlp = P.fit(x, y, probe="mlp", control="type", types=types, spec=spec)
     assert lin.accuracy[0] >= 0.95 and mlp.accuracy[0] >= 0.95
