@@ -61,7 +61,11 @@ class AttributionModel:
         self.tokenizer = tokenizer
         self.config = hf_model.config
         self.name = name or getattr(self.config, "_name_or_path", None) or type(hf_model).__name__
-        self.adapter = make_adapter(hf_model, embedding_paths=embedding_paths)
+        from .models import NativeModel
+        if isinstance(hf_model, NativeModel):   # our own forward: no adapter needed
+            self.adapter = hf_model.functions
+        else:
+            self.adapter = make_adapter(hf_model, embedding_paths=embedding_paths)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -694,6 +698,17 @@ def _kwarg(fn, given: dict, name: str):
     return int(inspect.signature(fn).parameters[name].default)
 
 
+def _is_native_checkpoint(path: str) -> bool:
+    """A local directory whose ``config.json`` names a native family and that holds
+    safetensors weights."""
+    from .models import NATIVE_TYPES
+    from .models.checkpoint import config_dict, has_safetensors
+    if not os.path.isdir(path):
+        return False
+    cfg = config_dict(path)
+    return bool(cfg) and cfg.get("model_type") in NATIVE_TYPES and has_safetensors(path)
+
+
 def load_model(name_or_path: Any, *, tokenizer: Any = None, dtype: Any = None,
                embedding_paths: Optional[dict] = None, **model_kwargs) -> AttributionModel:
     """Load a model for attribution.
@@ -702,9 +717,13 @@ def load_model(name_or_path: Any, *, tokenizer: Any = None, dtype: Any = None,
       name_or_path: bundled model name (``"toy-recall"``, ``"toy-mt"``; see
         :mod:`jaxattr.zoo`), hub id, local directory (Flax ``flax_model.msgpack`` or PyTorch
         ``model.safetensors`` weights; the latter are converted with ``from_pt=True``), or an
-        already built ``transformers`` Flax model instance.
+        already built ``transformers`` Flax model instance. A local directory of a Llama,
+        Mistral, Qwen 2/3, Gemma 1-3, Phi-3, OLMo 2 or SmolLM 3 checkpoint with safetensors
+        weights (single or sharded) loads into jaxattr's native decoder family
+        (:mod:`jaxattr.models`; no torch, no transformers model class).
       tokenizer: a tokenizer instance or name; default: the checkpoint's own.
-      dtype: computation dtype (e.g. ``jnp.bfloat16``).
+      dtype: computation dtype (e.g. ``jnp.bfloat16``; native family: default float32, a
+        bfloat16 checkpoint is upcast unless ``dtype=jnp.bfloat16``).
       embedding_paths: token-embedding module paths for classes jaxattr does not know.
       **model_kwargs: passed to ``from_pretrained``.
     """
@@ -712,7 +731,13 @@ def load_model(name_or_path: Any, *, tokenizer: Any = None, dtype: Any = None,
         from . import zoo
         if name_or_path in zoo.BUNDLED:
             name_or_path = zoo.path(name_or_path)
-    if isinstance(name_or_path, str):
+    if isinstance(name_or_path, str) and _is_native_checkpoint(name_or_path):
+        if model_kwargs:
+            raise ValueError(f"the native decoder family takes no model options; got "
+                             f"{sorted(model_kwargs)}.")
+        from .models import load_native
+        hf_model, name = load_native(name_or_path, dtype=dtype), name_or_path
+    elif isinstance(name_or_path, str):
         from .loading import load_hf_model
         hf_model, _ = load_hf_model(name_or_path, dtype=dtype, **model_kwargs)
         name = name_or_path
