@@ -16,7 +16,7 @@ from .encoding import (EncodedSequence, InputError, _as_list, _check_length, _ch
                        _resolve_span, _strip_trailing_eos, align_contrast, encode_decoder_only,
                        encode_encoder_decoder, pad_batch, pad_contrast)
 from .methods import get_method, integrated_gradients
-from .methods._common import check_finite
+from .methods._common import check_finite, count
 from .pipeline import ModelBatch, attribute_batch, split_kwargs
 from .prefix_groups import check_prefix_groups
 from .results import AttributionOutput, SequenceAttribution
@@ -134,6 +134,8 @@ class AttributionModel:
             _check_nonempty(t, "input_texts", i)
         gen = dict(max_new_tokens=20, do_sample=False)
         gen.update(generation_args)
+        if batch_size is not None:
+            batch_size = count(batch_size, "batch_size")
         bs = batch_size or len(texts)
         pad = self.pad_token_id
         out = []
@@ -147,6 +149,8 @@ class AttributionModel:
                 ids, mask = _pad_rows(enc, pad, left=True)
             for r, e in enumerate(enc):
                 _check_length(len(e), self.max_positions, "input", start + r)
+                if not self.is_encoder_decoder:
+                    _check_generation_room(len(ids[r]), gen, self.max_positions, start + r)
             res = self.hf_model.generate(ids, attention_mask=mask, params=self.params,
                                          pad_token_id=pad, **gen)
             seqs = np.asarray(res.sequences)
@@ -292,6 +296,9 @@ class AttributionModel:
             host = jax.device_get(result)
             for row, i in enumerate(chunk):
                 views[i] = self._sequence_view(host, row, plan.seqs[i])
+                if plan.contrasts is not None and plan.info["contrast_targets"] is not None:
+                    views[i] = dataclasses.replace(views[i], foil_tokens=self._foils(
+                        plan.seqs[i], plan.contrasts[i], plan.alignments[i]))
         if plan.info["method"] == "attention":  # reduce layers and heads by their mean
             views = [dataclasses.replace(v, default_aggregator="mean") for v in views]
         _warn_if_not_finite(views)
@@ -343,6 +350,10 @@ class AttributionModel:
         keyword arguments, batches, and the static arguments of the compiled pipeline."""
         kwargs = dict(kwargs)
         texts = _as_list(input_texts, "input_texts")
+        if batch_size is not None:
+            batch_size = count(batch_size, "batch_size")
+        if isinstance(step_scores, str):  # one name, not its characters
+            step_scores = (step_scores,)
         layer = kwargs.pop("layer", None)
         split_head = bool(kwargs.pop("split_head", True))
         prefix_groups = kwargs.pop("prefix_groups", "auto")
@@ -523,6 +534,16 @@ class AttributionModel:
                                          None if alignments is None else alignments[i], index=i))
         return contrasts, aligns
 
+    def _foils(self, seq: EncodedSequence, contrast: EncodedSequence, alignment: dict) -> list:
+        """Per attributed step, the contrast token it is compared with (``None``: no aligned
+        contrast token), as the pipeline aligns them (:func:`~jaxattr.encoding.pad_contrast`)."""
+        tokens = self.tokenizer.convert_ids_to_tokens(list(contrast.target_ids))
+        out = []
+        for p in range(seq.attr_start, seq.attr_end):
+            q = alignment.get(p)
+            out.append(tokens[q] if q is not None and q >= 1 else None)
+        return out
+
     def _baseline_ids(self, arrays: dict, kind: str) -> dict:
         tok = self.tokenizer
         base = tok.unk_token_id if kind == "unk" else None
@@ -572,6 +593,17 @@ def completeness(view) -> tuple:
             attr = np.asarray(attr)
             total += np.nansum(attr.reshape(attr.shape[:2] + (-1,)), axis=(0, 2))
     return delta, total - delta
+
+
+def _check_generation_room(n_prompt: int, gen: dict, max_positions, i: int) -> None:
+    """A decoder-only prompt plus ``max_new_tokens`` must fit the model's positions."""
+    new = gen.get("max_new_tokens")
+    if max_positions is None or not isinstance(new, int) or n_prompt + new <= max_positions:
+        return
+    raise InputError(
+        f"input {i}: a prompt of {n_prompt} tokens (padded in its batch) plus max_new_tokens="
+        f"{new} exceeds the model's {max_positions} positions. Lower max_new_tokens in "
+        f"generation_args to at most {max(max_positions - n_prompt, 0)} or shorten the prompt.")
 
 
 def _custom_baseline(baseline):
