@@ -516,7 +516,15 @@ def bytelevel_to_text(word: str) -> str:
 # --------------------------------------------------------------------------- merging
 def _complete_groups(spans, n: int, what: str) -> list[tuple[int, int]]:
     """Validate spans (half-open, sorted, disjoint) and fill the gaps with single tokens."""
-    spans = sorted((int(s), int(e)) for s, e in spans)
+    pairs = []
+    for span in spans:
+        if (not isinstance(span, (tuple, list)) or len(span) != 2
+                or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                           for v in span)):
+            raise ValueError(f"{what}_spans must be a list of (start, end) pairs of integers, "
+                             f"e.g. [(1, 4)]; got the item {span!r}.")
+        pairs.append((int(span[0]), int(span[1])))
+    spans = sorted(pairs)
     out, pos = [], 0
     for s, e in spans:
         if s < 0:
@@ -594,6 +602,13 @@ def merge_groups(seq, *, source_groups=None, target_groups=None,
         target = [_join(seq.target[s:e], scheme) for s, e in target_groups]
         if any(e - s > 1 for s, e in target_groups):
             target_ids = None
+        if getattr(seq, "foil_tokens", None) is not None:
+            foils = seq.foil_tokens
+            seq = dataclasses.replace(seq, foil_tokens=[
+                None if all(f is None for f in foils[a:b])
+                else _join([t if f is None else f for f, t in
+                            zip(foils[a:b], seq.generated[a:b])], scheme)
+                for a, b in col_groups])
     return dataclasses.replace(seq, source=source, target=target, source_attributions=src_attr,
                                target_attributions=tgt_attr, step_scores=step_scores,
                                attr_pos_start=start, attr_pos_end=end, source_ids=source_ids,
@@ -795,6 +810,8 @@ def slice_tokens(x, *, source=None, target=None):
             source_attributions=None if seq.source_attributions is None
             else seq.source_attributions[:, cols],
             step_scores={k: np.asarray(v)[cols] for k, v in seq.step_scores.items()},
+            foil_tokens=(None if getattr(seq, "foil_tokens", None) is None
+                         else list(seq.foil_tokens)[cols]),
             attr_pos_start=cs - s, attr_pos_end=ce - s,
             target_ids=None if seq.target_ids is None else seq.target_ids[s:e])
     return seq

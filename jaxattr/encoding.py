@@ -40,6 +40,12 @@ def _as_list(texts, name):
         return [texts]
     if texts is None:
         return None
+    if isinstance(texts, dict) or not isinstance(texts, (list, tuple)) and not hasattr(
+            texts, "__iter__"):
+        raise InputError(f"`{name}` must be a text or a list of texts, got "
+                         f"{type(texts).__name__}" + (" (a dict: pass list(d.values()) for its "
+                                                      "values)" if isinstance(texts, dict)
+                                                      else "") + ".")
     texts = list(texts)
     if not texts:
         raise InputError(f"`{name}` is an empty list; pass at least one text.")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import zlib
 import json
 import os
 import re
@@ -140,6 +141,8 @@ def _encode_sequence(seq, dtype, arrays) -> dict:
                         for k, v in seq.step_scores.items()},
         **({"default_aggregator": seq.default_aggregator}
            if getattr(seq, "default_aggregator", None) else {}),
+        **({"foil_tokens": [None if f is None else str(f) for f in seq.foil_tokens]}
+           if getattr(seq, "foil_tokens", None) is not None else {}),
     }
 
 
@@ -223,7 +226,7 @@ def _fail(where: str, message: str) -> ResultFileError:
 def _decode_array(obj, where: str, *, ndim=None) -> np.ndarray:
     if not isinstance(obj, dict) or not {"dtype", "shape", "data"} <= set(obj):
         raise _fail(where, "expected an array object with 'dtype', 'shape' and 'data'.")
-    if obj["dtype"] not in _DTYPES:
+    if not isinstance(obj["dtype"], str) or obj["dtype"] not in _DTYPES:
         raise _fail(where, f"unknown dtype {obj['dtype']!r}.")
     shape = obj["shape"]
     if not isinstance(shape, list) or not all(isinstance(n, int) and n >= 0 for n in shape):
@@ -243,15 +246,19 @@ def _decode_array(obj, where: str, *, ndim=None) -> np.ndarray:
     return a.astype(np.float32) if a.dtype == np.float16 else a
 
 
-def _decode_info(value):
+def _decode_info(value, where: str = "info"):
     if isinstance(value, dict):
         if value.get("__array__"):
             if value.get("dtype") in _DTYPES:
-                return _decode_array(value, "info array")
-            return np.array(value["data"], dtype=value["dtype"]).reshape(value["shape"])
-        return {k: _decode_info(v) for k, v in value.items()}
+                return _decode_array(value, where)
+            try:
+                return np.array(value["data"], dtype=value["dtype"]).reshape(value["shape"])
+            except (KeyError, TypeError, ValueError) as e:
+                raise _fail(where, f"bad array ({type(e).__name__}: {e}); expected 'dtype', "
+                                   "'shape' and 'data' that fit together.") from None
+        return {k: _decode_info(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list):
-        return [_decode_info(v) for v in value]
+        return [_decode_info(v, f"{where}[{i}]") for i, v in enumerate(value)]
     return value
 
 
@@ -304,9 +311,13 @@ def _decode_sequence(obj, where: str):
     agg = obj.get("default_aggregator")
     if agg is not None and not isinstance(agg, str):
         raise _fail(f"{where}.default_aggregator", "expected a string.")
+    foils = obj.get("foil_tokens")
+    if foils is not None and (not isinstance(foils, list) or len(foils) != n_steps or not all(
+            f is None or isinstance(f, str) for f in foils)):
+        raise _fail(f"{where}.foil_tokens", f"expected {n_steps} token strings (or null).")
     return SequenceAttribution(source=source, target=target, step_scores=step_scores,
                                attr_pos_start=start, attr_pos_end=end, **arrays, **ids,
-                               default_aggregator=agg)
+                               default_aggregator=agg, foil_tokens=foils)
 
 
 def loads(text: Union[str, bytes], *, name: str = "<string>"):
@@ -338,7 +349,7 @@ def loads(text: Union[str, bytes], *, name: str = "<string>"):
     info = doc.get("info") or {}
     if not isinstance(info, dict):
         raise _fail(name, "'info' must be an object.")
-    info = _decode_info(info)
+    info = _decode_info(info, f"{name}: info")
     info.setdefault("jaxattr_version", doc.get("jaxattr_version"))
     views = [_decode_sequence(s, f"{name}: sequence_attributions[{i}]")
              for i, s in enumerate(seqs)]
@@ -356,7 +367,7 @@ def _read(path: Path) -> bytes:
     if data[:2] == b"\x1f\x8b":
         try:
             data = gzip.decompress(data)
-        except (EOFError, OSError, gzip.BadGzipFile) as e:
+        except (EOFError, OSError, gzip.BadGzipFile, zlib.error) as e:
             raise _fail(str(path), f"damaged or truncated gzip data ({e}).") from None
     return data
 
@@ -374,6 +385,9 @@ def load(path: Union[str, os.PathLike, Iterable[Union[str, os.PathLike]]]):
     if isinstance(path, (str, os.PathLike)):
         p = Path(path)
         return loads(_read(p), name=str(p))
+    if isinstance(path, (bytes, bytearray)) or not hasattr(path, "__iter__"):
+        raise TypeError(f"load() takes a file path (str or os.PathLike) or a list of paths, got "
+                        f"{type(path).__name__}; for JSON text use jaxattr.io.loads(text).")
     outs = [load(p) for p in path]
     return AttributionOutput.merge(outs)
 

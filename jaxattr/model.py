@@ -17,7 +17,7 @@ from .encoding import (EncodedSequence, InputError, _as_list, _check_length, _ch
                        encode_encoder_decoder, pad_batch, pad_contrast)
 from .generation import new_tokens
 from .methods import get_method, integrated_gradients
-from .methods._common import check_finite
+from .methods._common import check_finite, count
 from .pipeline import ModelBatch, attribute_batch, split_kwargs
 from .prefix_groups import check_prefix_groups
 from .results import AttributionOutput, SequenceAttribution
@@ -139,6 +139,8 @@ class AttributionModel:
             _check_nonempty(t, "input_texts", i)
         gen = dict(max_new_tokens=20, do_sample=False)
         gen.update(generation_args)
+        if batch_size is not None:
+            batch_size = count(batch_size, "batch_size")
         bs = batch_size or len(texts)
         out = []
         for start in range(0, len(texts), bs):
@@ -149,6 +151,8 @@ class AttributionModel:
                 enc = [_strip_trailing_eos(list(tok(t)["input_ids"]), tok) for t in chunk]
             for r, e in enumerate(enc):
                 _check_length(len(e), self.max_positions, "input", start + r)
+                if not self.is_encoder_decoder:
+                    _check_generation_room(len(e), gen, self.max_positions, start + r)
             new = new_tokens(self.hf_model, self.adapter, enc, gen,
                              is_encoder_decoder=self.is_encoder_decoder,
                              pad_token_id=self.pad_token_id,
@@ -295,6 +299,9 @@ class AttributionModel:
             host = jax.device_get(result)
             for row, i in enumerate(chunk):
                 views[i] = self._sequence_view(host, row, plan.seqs[i])
+                if plan.contrasts is not None and plan.info["contrast_targets"] is not None:
+                    views[i] = dataclasses.replace(views[i], foil_tokens=self._foils(
+                        plan.seqs[i], plan.contrasts[i], plan.alignments[i]))
         if plan.info["method"] == "attention":  # reduce layers and heads by their mean
             views = [dataclasses.replace(v, default_aggregator="mean") for v in views]
         _warn_if_not_finite(views)
@@ -346,6 +353,10 @@ class AttributionModel:
         keyword arguments, batches, and the static arguments of the compiled pipeline."""
         kwargs = dict(kwargs)
         texts = _as_list(input_texts, "input_texts")
+        if batch_size is not None:
+            batch_size = count(batch_size, "batch_size")
+        if isinstance(step_scores, str):  # one name, not its characters
+            step_scores = (step_scores,)
         layer = kwargs.pop("layer", None)
         split_head = bool(kwargs.pop("split_head", True))
         prefix_groups = kwargs.pop("prefix_groups", "auto")
@@ -538,6 +549,16 @@ class AttributionModel:
                                          None if alignments is None else alignments[i], index=i))
         return contrasts, aligns
 
+    def _foils(self, seq: EncodedSequence, contrast: EncodedSequence, alignment: dict) -> list:
+        """Per attributed step, the contrast token it is compared with (``None``: no aligned
+        contrast token), as the pipeline aligns them (:func:`~jaxattr.encoding.pad_contrast`)."""
+        tokens = self.tokenizer.convert_ids_to_tokens(list(contrast.target_ids))
+        out = []
+        for p in range(seq.attr_start, seq.attr_end):
+            q = alignment.get(p)
+            out.append(tokens[q] if q is not None and q >= 1 else None)
+        return out
+
     def _baseline_ids(self, arrays: dict, kind: str) -> dict:
         tok = self.tokenizer
         base = tok.unk_token_id if kind == "unk" else None
@@ -587,6 +608,17 @@ def completeness(view) -> tuple:
             attr = np.asarray(attr)
             total += np.nansum(attr.reshape(attr.shape[:2] + (-1,)), axis=(0, 2))
     return delta, total - delta
+
+
+def _check_generation_room(n_prompt: int, gen: dict, max_positions, i: int) -> None:
+    """A decoder-only prompt plus ``max_new_tokens`` must fit the model's positions."""
+    new = gen.get("max_new_tokens")
+    if max_positions is None or not isinstance(new, int) or n_prompt + new <= max_positions:
+        return
+    raise InputError(
+        f"input {i}: a prompt of {n_prompt} tokens (padded in its batch) plus max_new_tokens="
+        f"{new} exceeds the model's {max_positions} positions. Lower max_new_tokens in "
+        f"generation_args to at most {max(max_positions - n_prompt, 0)} or shorten the prompt.")
 
 
 def _custom_baseline(baseline):

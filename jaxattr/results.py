@@ -128,6 +128,10 @@ class SequenceAttribution(_ViewMethods):
         none is given: ``None`` means ``"vnorm"`` (L2 norm over hidden); ``method="attention"``
         views say ``"mean"`` (over layers and heads), so ``out.aggregate()[i]`` and
         ``out[i].aggregate()`` agree.
+      foil_tokens: contrastive attributions (``contrast_targets``): per column, the
+        alternative token the generated one was contrasted with (``None`` where a step had no
+        aligned alternative); ``None`` otherwise. Renderers label such columns ``foil → token``
+        (:attr:`generated_labels`).
     """
     source: Optional[list]
     target: list
@@ -139,11 +143,22 @@ class SequenceAttribution(_ViewMethods):
     source_ids: Optional[list] = None
     target_ids: Optional[list] = None
     default_aggregator: Optional[str] = None
+    foil_tokens: Optional[list] = None
 
     @property
     def generated(self) -> list:
         """The attributed tokens (one per column)."""
         return self.target[self.attr_pos_start:self.attr_pos_end]
+
+    @property
+    def generated_labels(self) -> list:
+        """Column labels: the generated token, or ``"foil → token"`` where a contrastive
+        attribution compared it with a different alternative token (as Inseq shows it)."""
+        gen = self.generated
+        foils = self.foil_tokens
+        if foils is None or len(foils) != len(gen):
+            return list(gen)
+        return [t if f is None or f == t else f"{f} → {t}" for f, t in zip(foils, gen)]
 
     def aggregate(self, aggregator: Any = None, **kwargs) -> "SequenceAttribution":
         """Reduce the hidden axis and normalise columns (see :mod:`jaxattr.aggregate`)."""
@@ -164,6 +179,7 @@ class SequenceAttribution(_ViewMethods):
             "source_ids": None if self.source_ids is None else list(self.source_ids),
             "target_ids": None if self.target_ids is None else list(self.target_ids),
             "default_aggregator": self.default_aggregator,
+            "foil_tokens": None if self.foil_tokens is None else list(self.foil_tokens),
         }
 
     def get_scores_dict(self, *, aggregate: bool = True) -> dict:

@@ -90,6 +90,7 @@ def test_dataset_resumes_after_interruption(model_dir, tmp_path, capsys):
     assert cli.main(base) == 0 and _indices(out) == idx  # nothing left to do
 
 
+@pytest.mark.slow
 def test_dataset_survives_a_real_kill(model_dir, tmp_path):
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
     lines = [{"p": f"The cat {i}", "g": f"The cat {i} sat on the mat"} for i in range(48)]

@@ -174,3 +174,65 @@ def test_trapezoid_rule_is_textbook_and_the_captum_factor_is_documented():
     for doc in (quadrature.__doc__, open(jaxattr.__file__.replace(
             "jaxattr/__init__.py", "README.md"), encoding="utf-8").read()):
         assert "n/(n-1)" in doc.replace(" ", "").replace("−", "-")
+
+
+# --------------------------------------------------------------------------------------------
+# Item 15: gradient SHAP samples its baseline from a set
+
+
+def test_gradient_shap_samples_baselines_from_a_set():
+    """Linear s = Σ w·x: every sample gives (x − b_j)·w exactly, so the estimate is
+    (x − b̄)·w with b̄ = f·b1 + (1 − f)·b2, f the share of draws of b1 (a multiple of 1/n)."""
+    w = jnp.asarray([[1.0, -2.0, 0.5], [3.0, 1.0, -1.0]])
+    score = lambda z: (w * z).sum()[None]  # noqa: E731
+    x = jnp.asarray([[1.0, 2.0, 3.0], [0.5, -1.0, 2.0]])
+    b1, b2 = jnp.zeros_like(x), jnp.full_like(x, 2.0)
+    n = 40
+    attr = jaxattr.gradient_shap(score, x, jnp.stack([b1, b2]), n_samples=n, key=3)[0]
+    bbar = x - attr / w           # = f·b1 + (1 − f)·b2 at every element
+    f = 1 - float(bbar[0, 0]) / 2.0
+    np.testing.assert_allclose(bbar, f * b1 + (1 - f) * b2, atol=1e-5)
+    assert 0 < f < 1 and abs(f * n - round(f * n)) < 1e-3  # both drawn, a sample mean
+    # a set of one baseline is that baseline (same draws of noise and alpha)
+    one = jaxattr.gradient_shap(score, x, b2[None], n_samples=5, stdevs=0.1, key=3)
+    np.testing.assert_allclose(one, jaxattr.gradient_shap(score, x, b2, n_samples=5,
+                                                          stdevs=0.1, key=3), rtol=1e-6)
+    with pytest.raises(ValueError, match="non-finite"):
+        jaxattr.gradient_shap(score, x, jnp.stack([b1, b2.at[0, 0].set(jnp.nan)]))
+
+
+# --------------------------------------------------------------------------------------------
+# Item 16: contrastive results carry and show the foil
+
+
+def test_contrastive_results_carry_and_show_the_foil(gpt2, tmp_path):
+    prompt, full, foil = "The cat", "The cat sat on the mat", "The cat ran on the rug"
+    out = gpt2.attribute(prompt, full, attributed_fn="contrast_prob_diff",
+                         contrast_targets=foil, show_progress=False)
+    seq = out[0]
+    tok = gpt2.tokenizer
+    n_prompt = len(tok.tokenize(prompt))
+    expected = tok.tokenize(foil)[n_prompt:]          # aligned by position
+    assert seq.foil_tokens == expected
+    gen = tok.tokenize(full)[n_prompt:]
+    assert seq.generated_labels == [t if f == t else f"{f} → {t}"
+                                    for f, t in zip(expected, gen)]
+    assert "Ġran → Ġsat" in seq.generated_labels
+    assert "Ġran → Ġsat" in out.to_text(color=False)
+    assert "Ġran → Ġsat" in out.to_html()
+    out.save(tmp_path / "c.json")
+    assert jaxattr.load(tmp_path / "c.json")[0].foil_tokens == expected
+    # without a contrast there is no foil
+    assert gpt2.attribute(prompt, full, show_progress=False)[0].foil_tokens is None
+
+
+def test_suite_has_a_per_test_timeout_and_a_slow_marker(pytestconfig):
+    import tomllib
+    root = pytestconfig.rootpath
+    cfg = tomllib.loads((root / "pyproject.toml").read_text())
+    assert any(d.startswith("pytest-timeout") for d in
+               cfg["project"]["optional-dependencies"]["test"])
+    ini = cfg["tool"]["pytest"]["ini_options"]
+    assert int(ini["timeout"]) > 0
+    assert any(m.startswith("slow:") for m in ini["markers"])
+    assert pytestconfig.getini("timeout")  # pytest-timeout is installed and reads it

@@ -1,27 +1,93 @@
-"""Every example in examples/ runs offline and prints what it promises (smoke tests)."""
+"""Every example in examples/ runs offline, and what it prints is checked against what it
+computed: numbers parsed from its output must hold properties known independently (a saved
+file that reloads to the printed value, completeness, vmap == loop, the rows of a dataset)."""
+import json
 import os
+import re
 import subprocess
 import sys
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM = r"([-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
 
-EXPECT = {
-    "quickstart.py": "reloaded identical arrays",
-    "contrastive.py": "rather than",
-    "gender_bias.py": "pronoun attributed more than the occupation",
-    "vmap_functional.py": "in one vmapped call",
-    "research_composition.py": "the parameter whose change moves it most",
-    "attribute_dataset.py": "reported error(s)",
-}
+pytestmark = pytest.mark.slow  # each example is a fresh process that loads and compiles
 
 
-@pytest.mark.parametrize("name", sorted(EXPECT))
+def _find(pattern, text):
+    found = re.findall(pattern, text)
+    assert found, f"{pattern!r} not in the output:\n{text[-2000:]}"
+    return found
+
+
+def check_quickstart(out, tmp):
+    import jaxattr
+    (p, delta, top, cue), = [(float(a), float(b), int(c), int(d)) for a, b, c, d in _find(
+        rf"p = {NUM}; completeness delta {NUM}; most important input token: .* at (\d+) "
+        r"\(true cue at (\d+)\)", out)]
+    assert 0 < p <= 1 and abs(delta) <= 0.1 * p   # IG at 64 steps adds up
+    assert top == cue                               # the trained model reads the cue
+    back = jaxattr.load(os.path.join(tmp, "recall.json"))
+    assert abs(float(back[0].step_scores["probability"][0]) - p) < 5e-4  # the printed value
+
+
+def check_contrastive(out, tmp):
+    answers = _find(r"'(\w+)' rather than '\w+': top input tokens (.*)", out)
+    for answer, tops in answers:
+        assert f"'{answer}'" in tops              # the answer's own mention matters
+    diffs = [float(v) for v in _find(rf"p\(answer\) - p\(foil\) = {NUM}", out)]
+    assert len(diffs) == len(answers) and all(0.5 < d <= 1 for d in diffs)
+
+
+def check_gender_bias(out, tmp):
+    (right, n), = [(int(a), int(b)) for a, b in _find(
+        r"article translated with the right gender: (\d+)/(\d+)", out)]
+    (wins, n2), = [(int(a), int(b)) for a, b in _find(
+        r"pronoun attributed more than the occupation: (\d+)/(\d+)", out)]
+    assert n == n2 == 16 and 0 <= right <= n and 0 <= wins <= n
+    assert wins >= right // 2  # where the model gets the gender right it reads the pronoun
+
+
+def check_vmap_functional(out, tmp):
+    (n, hits, total), = [(int(a), int(b), int(c)) for a, b, c in _find(
+        r"attributed (\d+) prompts in one vmapped call; the top token is the true cue in "
+        r"(\d+)/(\d+)", out)]
+    assert n == total == 32 and hits >= total // 2
+    (diff,), = [(float(d),) for d in _find(rf"max \|vmapped - one prompt at a time\| = {NUM}",
+                                           out)]
+    assert diff <= 1e-5
+
+
+def check_research_composition(out, tmp):
+    (share,), = [(float(s),) for s in _find(rf"cue share {NUM};", out)]
+    (norm,), = [(float(g),) for g in _find(rf"gradient norm {NUM}\)", out)]
+    assert 0 < share < 1 and 0 < norm < float("inf")
+
+
+def check_attribute_dataset(out, tmp):
+    (results, errors), = [(int(a), int(b)) for a, b in _find(
+        r"(\d+) results and (\d+) reported error\(s\)", out)]
+    assert (results, errors) == (12, 1)  # 12 recall rows and the one bad row it wrote
+    rows = [json.loads(line) for line in open(os.path.join(tmp, "attributions.jsonl"))]
+    assert sorted(r["index"] for r in rows) == list(range(13))  # resuming added nothing
+    assert [r["index"] for r in rows if "error" in r] == [12]
+
+
+CHECKS = {name[len("check_"):] + ".py": fn for name, fn in globals().items()
+          if name.startswith("check_")}
+
+
+def test_every_example_is_checked():
+    assert sorted(CHECKS) == sorted(f for f in os.listdir(os.path.join(ROOT, "examples"))
+                                    if f.endswith(".py") and not f.startswith("train_"))
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
 def test_example_runs(name, tmp_path):
     args = [sys.executable, os.path.join(ROOT, "examples", name)]
     if name in ("quickstart.py", "attribute_dataset.py"):
         args += ["--out", str(tmp_path)]
-    res = subprocess.run(args, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    res = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    assert EXPECT[name] in res.stdout, res.stdout[-2000:]
+    CHECKS[name](res.stdout, str(tmp_path))

@@ -5,6 +5,7 @@ import sys
 import textwrap
 
 import numpy as np
+import pytest
 
 from conftest import FULL, PROMPTS, SOURCES, TARGETS
 
@@ -79,6 +80,7 @@ def test_estimate_memory_is_bounded_by_internal_batch_size(marian):
     assert chunked_32 * 4 < unchunked_32
 
 
+@pytest.mark.slow
 def test_persistent_compilation_cache_is_explicit_in_python_and_on_in_the_cli(tmp_path):
     """Building a model and attributing leave jax.config and the disk alone; one call (or the
     CLI) turns the cache on; JAXATTR_CACHE_DIR moves or disables it."""

@@ -96,7 +96,7 @@ def _token_view(seq, uid: str, i: int, vmax: float, max_token_width: int) -> str
     for j in range(n):
         checked = " checked" if j == 0 else ""
         parts.append(f'<input type="radio" class="ja-r ja-r{j}" name="{name}" '
-                     f'id="{name}-g{j}" aria-label="{_esc(display_token(seq.generated[j]))}"'
+                     f'id="{name}-g{j}" aria-label="{_esc(display_token(seq.generated_labels[j]))}"'
                      f'{checked}>')
     parts.append('<div class="ja-toks">')
 
@@ -124,8 +124,9 @@ def _token_view(seq, uid: str, i: int, vmax: float, max_token_width: int) -> str
         text = _esc(display_token(tok, max_token_width))
         j = r - seq.attr_pos_start
         if 0 <= j < n:
+            label = seq.generated_labels[j]
             parts.append(f'<label for="{name}-g{j}" class="ja-t ja-g ja-g{j}" '
-                         f'title="{_esc(tok)} (step {j})"{style(vals, True)}>{text}</label>')
+                         f'title="{_esc(label)} (step {j})"{style(vals, True)}>{text}</label>')
         else:
             parts.append(f'<span class="ja-t ja-in" title="{_esc(tok)}"'
                          f'{style(vals, True)}>{text}</span>')
@@ -134,7 +135,7 @@ def _token_view(seq, uid: str, i: int, vmax: float, max_token_width: int) -> str
 
 
 def _heatmap(seq, vmax: float, digits: int, max_token_width: int) -> str:
-    gen = seq.generated
+    gen = seq.generated_labels  # "foil → token" for contrasted steps
     n = len(gen)
     kind = value_format(vmax, digits)
     out = ['<div class="ja-wrap"><table class="ja-heat">', "<thead><tr>",

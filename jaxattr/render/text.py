@@ -47,7 +47,7 @@ class _Block:
     """The cells of one sequence: column headers and sections of labelled rows."""
 
     def __init__(self, seq, *, digits: int, max_token_width: int):
-        self.columns = [display_token(t, max_token_width) for t in seq.generated]
+        self.columns = [display_token(t, max_token_width) for t in seq.generated_labels]
         vmax = scale_max(seq.source_attributions, seq.target_attributions)
         kind = value_format(vmax, digits)
         self.vmax = vmax
@@ -154,6 +154,9 @@ def to_text(x, *, color: Optional[bool] = None, width: Optional[int] = None, dig
       The text (with ANSI colour codes when ``color``). Not-yet-generated target cells show
       ``·``.
     """
+    for name, value, low in (("digits", digits, 0), ("max_token_width", max_token_width, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
     if color is None:
         color = use_color()
     if width is None:
