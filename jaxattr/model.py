@@ -18,7 +18,7 @@ from .encoding import (EncodedSequence, InputError, _as_list, _check_length, _ch
 from .generation import new_tokens
 from .methods import get_method, integrated_gradients
 from .methods._common import check_finite, count
-from .pipeline import ModelBatch, attribute_batch, split_kwargs
+from .pipeline import ModelBatch, attribute_batch, resolve_layer, split_kwargs
 from .prefix_groups import check_prefix_groups
 from .results import AttributionOutput, SequenceAttribution
 from .targets import get_target, target_needs
@@ -105,6 +105,98 @@ class AttributionModel:
         new.__dict__.pop("_replicated", None)  # replicas of the old params are not these
         new.adapter = self.adapter.replace(params=params)
         return new
+
+    # ------------------------------------------------------------------ internals
+    def sites(self) -> tuple:
+        """Every site name of this model (:mod:`jaxattr.internals.sites`), in order."""
+        return self.adapter.sites()
+
+    def run_with_cache(self, input_texts, generated_texts=None, *,
+                       sites: Union[str, Sequence[str]] = ("blocks.*.resid_post",),
+                       batch_size: Optional[int] = None):
+        """Run the model on texts and capture activations at ``sites`` in the same forward.
+
+        Args:
+          input_texts: a text or list (decoder-only: the prompts; encoder-decoder: sources).
+          generated_texts: forced outputs as for :meth:`attribute` (decoder-only: full texts
+            starting with the prompt). ``None``: decoder-only runs on the inputs alone, an
+            encoder-decoder decoder sees only its start token.
+          sites: site names or globs (``model.sites()`` lists them); raw module paths too.
+          batch_size: rows per compiled call (``None``: all at once); every batch is padded to
+            the longest text, so the results stack.
+
+        Returns:
+          ``(logits, cache)``: ``logits`` ``[B, L, V]`` (``logits[:, i]`` predicts token
+          ``i + 1``) and an :class:`~jaxattr.internals.ActivationCache` with ``cache[name]``
+          ``[B, L, ...]`` right-padded, ``cache.mask`` and ``cache.tokens`` ``[B, L]``.
+
+        Raises:
+          SiteError: a name or glob matches no site (the message lists the valid ones).
+        """
+        return self.run_with_patches(input_texts, generated_texts, sites=sites,
+                                     batch_size=batch_size)
+
+    def run_with_patches(self, input_texts, generated_texts=None, *,
+                         patch: Optional[dict] = None, delta: Optional[dict] = None,
+                         sites: Union[str, Sequence[str]] = (),
+                         batch_size: Optional[int] = None):
+        """:meth:`run_with_cache` with site values patched or shifted in the same forward.
+
+        Args:
+          patch: ``{site or glob: value}``; an array ``[B, L, ...]`` (as a cache holds it,
+            e.g. another run's ``cache[name]``) replaces the site's value, a function
+            ``value -> value`` transforms it (``lambda o: o + mask * (v - o)``).
+          delta: ``{site: array}`` added to the site's value (after ``patch``).
+          sites, batch_size, input_texts, generated_texts: as for :meth:`run_with_cache`;
+            with ``batch_size``, arrays are split by rows and functions see one batch.
+
+        Returns:
+          ``(logits, cache)`` as :meth:`run_with_cache` (the cache holds the patched values).
+        """
+        from .internals import resolve_sites
+        from .internals.cache import run_sites
+        names = resolve_sites(sites, self.sites(), allow_raw=True) if sites else ()
+        arrays = self._site_arrays(_as_list(input_texts, "input_texts"), generated_texts)
+        n = arrays["target_ids"].shape[0]
+        bs = batch_size or n
+        logits, caches = [], []
+        for a in range(0, n, bs):
+            rows = {k: (None if v is None else v[a:a + bs]) for k, v in arrays.items()}
+            cut = {k: (v if callable(v) else v[a:a + bs]) for k, v in (patch or {}).items()}
+            lg, cache = run_sites(self.adapter, capture=names, patch=cut,
+                                  delta={k: v[a:a + bs] for k, v in (delta or {}).items()},
+                                  **rows)
+            logits.append(lg)
+            caches.append(cache)
+        if len(caches) == 1:
+            return logits[0], caches[0]
+        return (jax.numpy.concatenate(logits),
+                jax.tree_util.tree_map(lambda *xs: jax.numpy.concatenate(xs), *caches))
+
+    def _site_arrays(self, texts: list, generated_texts) -> dict:
+        """Right-padded ``{target_ids, target_mask, source_ids, source_mask}`` (numpy)."""
+        tok, pad = self.tokenizer, self.pad_token_id
+        for i, t in enumerate(texts):
+            _check_nonempty(t, "input_texts", i)
+        if generated_texts is not None:
+            seqs = self.encode(texts, generated_texts)
+            targets = [list(s.target_ids) for s in seqs]
+            sources = [list(s.source_ids) for s in seqs] if self.is_encoder_decoder else None
+        elif self.is_encoder_decoder:
+            sources = [list(tok(t)["input_ids"]) for t in texts]
+            targets = [[self.decoder_start_token_id] for _ in texts]
+        else:
+            sources = None
+            targets = [_strip_trailing_eos(list(tok(t)["input_ids"]), tok) for t in texts]
+        for i, t in enumerate(targets):
+            _check_length(len(t), self.max_positions, "input", i)
+        ids, mask = _pad_rows(targets, pad, left=False)
+        out = {"target_ids": jax.numpy.asarray(ids), "target_mask": jax.numpy.asarray(mask),
+               "source_ids": None, "source_mask": None}
+        if sources is not None:
+            sids, smask = _pad_rows(sources, pad, left=False)
+            out.update(source_ids=jax.numpy.asarray(sids), source_mask=jax.numpy.asarray(smask))
+        return out
 
     # ------------------------------------------------------------------ encoding
     def encode(self, input_texts, generated_texts, *, attr_pos_start=None,
@@ -364,7 +456,7 @@ class AttributionModel:
         aggregator = kwargs.pop("aggregator", None) or (
             "mean" if method == "attention" else "vnorm")
         if layer is not None:
-            layer = tuple(layer.split("/")) if isinstance(layer, str) else tuple(layer)
+            layer = resolve_layer(self.adapter, layer)
         if method == "attention":
             if layer is not None:
                 raise ValueError("`layer` does not apply to method='attention'.")
@@ -456,7 +548,7 @@ class AttributionModel:
             "contrast_sources": _as_list(contrast_sources, "contrast_sources"),
             "contrast_force_inputs": contrast_forward,
             "method_kwargs": dict(routed.get("method", {})),
-            "layer": "/".join(layer) if layer else None,
+            "layer": ", ".join(layer) if layer else None,
             "attributed_fn_kwargs": dict(routed["attributed_fn"]),
             "attribute_target": bool(attribute_target),
             "baseline": baseline if isinstance(baseline, str) or baseline is None else "array",

@@ -7,6 +7,7 @@ the per-step computation on each prefix (``tests/test_pipeline.py`` checks it).
 """
 from __future__ import annotations
 
+import fnmatch
 import inspect
 from typing import Any, Callable, Optional, Union
 
@@ -16,7 +17,9 @@ import numpy as np
 from flax import struct
 
 from .adapters import ModelAdapter
+from .internals.sites import SiteError, is_raw_path, parse_site, resolve_sites
 from .methods._common import as_key, example_identity
+from .methods.gradient import input_x_gradient, saliency
 from .methods.separable import is_separable, step_separable
 from .prefix_groups import (check_prefix_groups, one_pass_flops, plan_prefix_groups,
                              stitch_groups, truncate_batch)
@@ -24,7 +27,7 @@ from .results import BatchAttribution
 from .targets import TargetBatch
 
 __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs",
-           "keyword_names", "example_ids", "example_keys"]
+           "keyword_names", "example_ids", "example_keys", "resolve_layer"]
 
 
 @struct.dataclass
@@ -145,15 +148,57 @@ def _target_batch(adapter: ModelAdapter, batch: ModelBatch, contrast_forward: bo
                        **_contrast_fields(adapter, batch, contrast_forward))
 
 
-def _site_side(layer: tuple) -> str:
-    """Which token axis a layer site's activations run along."""
-    return "source" if any("encoder" in part for part in layer) else "target"
+def _site_side(name: str) -> str:
+    """Which token axis a layer site's activations run along (site name or raw path)."""
+    if is_raw_path(name):
+        return "source" if any("encoder" in part for part in name.split("/")) else "target"
+    return "source" if parse_site(name).stack == "encoder" else "target"
+
+
+def resolve_layer(adapter: ModelAdapter, layer) -> Optional[tuple]:
+    """``layer=`` of the layer methods as a static tuple of sites.
+
+    Accepts a site name or glob (``"blocks.*.mlp_out"``), a list of them, or a raw module
+    path (``"transformer/h/1/mlp"``, also as a tuple of its parts, the legacy form). All
+    sites must run along one token axis (all encoder, or all decoder/decoder-only).
+    """
+    if layer is None:
+        return None
+    if isinstance(layer, str):
+        layer = (layer,)
+    layer, available = tuple(layer), adapter.sites()
+    if len(layer) > 1 and all(isinstance(p, str) and "/" not in p
+                              and not fnmatch.filter(available, p) for p in layer):
+        layer = ("/".join(layer),)  # legacy: a module path as a tuple of its parts
+    names = resolve_sites(layer, available, allow_raw=True, patchable=True)
+    sides = {_site_side(n) for n in names}
+    if len(sides) > 1:
+        raise SiteError(f"layer sites {list(names)} run along both the source and the target; "
+                        "attribute encoder and decoder sites in separate calls.")
+    return names
+
+
+# Layer methods whose result only needs the gradient at the clean activations: every site's
+# gradient comes from one backward through zero-cost pass-through patches.
+_POINT_GRADIENT_METHODS = (saliency, input_x_gradient)
 
 
 def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, method, method_kwargs,
                     target_fn, target_kwargs, step_fns, attribute_source, attribute_target,
                     contrast_forward=False, n_dropout=0, dropout_seed=0, layer=None,
                     reduce_hidden=None, split_head=True):
+    common = dict(method=method, method_kwargs=method_kwargs, target_fn=target_fn,
+                  target_kwargs=target_kwargs, step_fns=step_fns, contrast_forward=contrast_forward,
+                  n_dropout=n_dropout, dropout_seed=dropout_seed, reduce_hidden=reduce_hidden,
+                  split_head=split_head)
+    if layer is not None and len(layer) > 1 and method not in _POINT_GRADIENT_METHODS:
+        # Methods that move the activations (IG paths, noise) see each site on its own: the
+        # rest of the network runs from the moved value, as in a single-layer call.
+        parts = [_attribute_impl(adapter, batch, baseline, layer=(name,),
+                                 attribute_source=attribute_source,
+                                 attribute_target=attribute_target, **common)
+                 for name in layer]
+        return _stack_sites(parts)
     tgt_embeds = adapter.embed(batch.target_ids, side="decoder")
     src_embeds = (adapter.embed(batch.source_ids, side="encoder")
                   if adapter.is_encoder_decoder else None)
@@ -167,14 +212,14 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     # Step-separable targets back-propagate through the LM head once, not once per step.
     split = split_head and is_separable(target_fn) and not n_dropout
 
-    def run(embeds, *, site_value=None, dropout_rng=None):
+    def run(embeds, *, patch=None, capture=(), dropout_rng=None):
         # logits only at the positions that predict the attributed steps: [B, T, V]
         return adapter.forward(
             target_ids=batch.target_ids, target_mask=batch.target_mask,
             target_embeds=embeds.get("target", tgt_embeds),
             source_ids=batch.source_ids, source_mask=batch.source_mask,
             source_embeds=embeds.get("source", src_embeds), dropout_rng=dropout_rng,
-            site=layer, site_value=site_value, positions=batch.step_positions - 1,
+            capture=capture, patch=patch, positions=batch.step_positions - 1,
             return_head=split)
 
     takes_baseline = "baseline" in inspect.signature(method).parameters
@@ -186,20 +231,28 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
 
         base_x = _baseline(adapter, batch, baseline, x) if takes_baseline else None
     else:
-        # Layer attribution: the attributed input is the activation at the site; the score is
-        # a function of it through the rest of the network (the site output is replaced).
-        side = _site_side(layer)
-        x = {side: run({})["site"]}
+        # Layer attribution: the attributed input is the activation at each site; the score
+        # is a function of it through the rest of the network. One site: its output is
+        # replaced by x. Several (gradient at the clean point only): each output o becomes
+        # o + (x - stop_gradient(o)), the same value, and the backward reaches every site
+        # with all downstream paths intact, so one VJP gives every site's gradient.
+        side = _site_side(layer[0])
+        x = run({}, capture=layer)["captured"]
 
         def forward(xd, dropout_rng=None):
-            return run({}, site_value=xd[side], dropout_rng=dropout_rng)
+            if len(layer) == 1:
+                patch = {layer[0]: lambda _: xd[layer[0]]}
+            else:
+                patch = {n: (lambda o, v=xd[n]: o + (v - jax.lax.stop_gradient(o)))
+                         for n in layer}
+            return run({}, patch=patch, dropout_rng=dropout_rng)
 
         base_x = None
         if takes_baseline:
             base_emb = _baseline(adapter, batch, baseline,
                                  {"source": src_embeds, "target": tgt_embeds}
                                  if adapter.is_encoder_decoder else {"target": tgt_embeds})
-            base_x = {side: run(base_emb)["site"]}
+            base_x = run(base_emb, capture=layer)["captured"]
         attribute_source, attribute_target = side == "source", side == "target"
 
     def step_logits_of(xd, dropout_rng=None):
@@ -244,8 +297,35 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
         base_scores = score_fn(base_x)[0]
         total = sum(a.reshape(a.shape[:2] + (-1,)).sum(-1) for a in attr.values())  # [T, B]
         step_scores["deltas"] = (total.T - (scores - base_scores)) * batch.step_mask
-    return _assemble(attr, batch, step_scores, attribute_source, attribute_target,
-                     reduce_hidden)
+    if layer is None:
+        return _assemble(attr, batch, step_scores, attribute_source, attribute_target,
+                         reduce_hidden)
+    side = "source" if attribute_source else "target"
+    parts = [_assemble({side: attr[name]}, batch, step_scores, attribute_source,
+                       attribute_target, reduce_hidden) for name in layer]
+    return parts[0] if len(parts) == 1 else _stack_sites(parts)
+
+
+def _stack_sites(parts: list) -> BatchAttribution:
+    """Per-site results -> one with a site axis before the hidden axes
+    (``[B, R, T, sites, ...]``); step scores from the first, completeness ``deltas`` the
+    largest in magnitude over the sites."""
+    def stack(field):
+        values = [getattr(p, field) for p in parts]
+        if values[0] is None:
+            return None
+        if len({v.shape for v in values}) > 1:
+            raise ValueError("layer sites of different shapes "
+                             f"{[tuple(v.shape[3:]) for v in values]} cannot be attributed "
+                             "in one call; group sites of one kind (e.g. 'blocks.*.mlp_out').")
+        return jnp.stack(values, axis=3)
+    scores = dict(parts[0].step_scores)
+    if "deltas" in scores:
+        d = jnp.stack([p.step_scores["deltas"] for p in parts])
+        scores["deltas"] = jnp.take_along_axis(d, jnp.abs(d).argmax(0)[None], 0)[0]
+    return parts[0].replace(source_attributions=stack("source_attributions"),
+                            target_attributions=stack("target_attributions"),
+                            step_scores=scores)
 
 
 def _assemble(attr: dict, batch: ModelBatch, step_scores: dict, attribute_source: bool,
@@ -374,8 +454,10 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
         ``TargetBatch.contrast_logits``.
       n_dropout: number of dropout forwards for ``TargetBatch.dropout_logits`` (MC dropout),
         keys split from ``dropout_seed``; they see the attributed embeddings.
-      layer: module path (tuple) of a layer site: attribute its output activation instead of
-        the token embeddings (layer methods). ``method`` may also be the string
+      layer: sites (from :func:`resolve_layer`: site names or raw module paths) whose
+        activations are attributed instead of the token embeddings (layer methods). Several
+        sites add a site axis before the hidden axis; saliency and gradient x activation get
+        them all from one forward and one set of VJPs. ``method`` may also be the string
         ``"attention"``: attention weights from the single forward.
       split_head: when ``target_fn`` is step-separable (:func:`jaxattr.targets.separable`;
         all built-in targets) and no MC-dropout forwards are asked for, back-propagate

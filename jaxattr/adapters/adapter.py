@@ -6,16 +6,21 @@ never retrace a jitted function that takes the adapter as an argument.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Any, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import struct
 
+from ..internals.sites import SiteError, is_raw_path, parse_site, resolve_sites, site_names
+from .architectures import Architecture, StackPaths, architecture_for
 from .embeddings import embedding_paths_for
 from .flax_guard import check_flax_config, max_exact_length
+from .hooks import (HEAD_KEY, SiteState, embedding_interceptor, head_fn, head_interceptor,
+                    site_interceptor)
 
 __all__ = ["ModelAdapter", "UnknownEmbeddingPathError", "make_adapter", "seen_embedding_paths"]
 
@@ -44,6 +49,8 @@ class ModelAdapter(struct.PyTreeNode):
       max_length: the longest sequence (real tokens) the Flax class computes like PyTorch
         (``None``: no limit; Flax Mistral: its sliding window). Checked host side where
         sequences are encoded.
+      arch: the site table of the class (:mod:`jaxattr.adapters.architectures`; static),
+        ``None`` for a class jaxattr has no table for.
     """
     params: Any
     hf_model: Any = struct.field(pytree_node=False)
@@ -52,6 +59,7 @@ class ModelAdapter(struct.PyTreeNode):
     is_encoder_decoder: bool = struct.field(pytree_node=False, default=False)
     embed_scale: float = struct.field(pytree_node=False, default=1.0)
     max_length: Optional[int] = struct.field(pytree_node=False, default=None)
+    arch: Optional[Architecture] = struct.field(pytree_node=False, default=None)
 
     # ------------------------------------------------------------------ embeddings
     def embedding_matrix(self, side: str = "decoder") -> jax.Array:
@@ -72,6 +80,74 @@ class ModelAdapter(struct.PyTreeNode):
         """Teacher-forced logits ``[B, L, V]``; see :meth:`forward` for the arguments."""
         return self.forward(**kwargs)["logits"]
 
+    def sites(self) -> tuple:
+        """Every site name this model offers, in canonical order
+        (:mod:`jaxattr.internals.sites`; ``model.sites()``)."""
+        cfg = self.hf_model.config
+        if self.arch is None:
+            if self.is_encoder_decoder:
+                return ("encoder.embed", "decoder.embed", "decoder.final_norm")
+            return ("embed", "final_norm")
+        n_layers = {stack: _n_layers(cfg, sp) for stack, sp in self.arch.stacks}
+        norms = {stack: stack in (None, "decoder") or sp.final_norm is not None
+                 for stack, sp in self.arch.stacks}
+        if not self.is_encoder_decoder:
+            return site_names(n_layers[None], final_norm=True)
+        return site_names(n_layers, final_norm=norms)
+
+    def _stack(self, stack) -> StackPaths:
+        return dict(self.arch.stacks)[stack]
+
+    def _plan_sites(self, names) -> tuple:
+        """``({module key: ((name, mode), ...)}, {head_out name: n_heads})`` for ``names``."""
+        plan: dict = {}
+        heads: dict = {}
+        for name in names:
+            if is_raw_path(name):
+                plan.setdefault(name, []).append((name, "out"))
+                continue
+            site = parse_site(name)
+            if site.kind in ("embed", "attn_pattern"):
+                continue
+            if site.kind == "final_norm" and site.stack != "encoder":
+                plan.setdefault(HEAD_KEY, []).append((name, "in"))
+                continue
+            sp = self._stack(site.stack)
+            path, mode = {"resid_pre": (sp.block, "in"), "resid_post": (sp.block, "out"),
+                          "attn_out": (sp.attn, "out"), "mlp_out": (sp.mlp, "out"),
+                          "cross_attn_out": (sp.cross, "out"),
+                          "head_out": (sp.out_proj, "in"),
+                          "final_norm": (sp.final_norm, "out")}[site.kind]
+            if site.kind == "head_out":
+                heads[name] = int(getattr(self.hf_model.config, sp.n_heads))
+            plan.setdefault(path.format(l=site.layer), []).append((name, mode))
+        return plan, heads
+
+    def _requests(self, capture, patch, delta) -> tuple:
+        """Resolve names and globs: ``(capture names, {name: fn}, {name: array})``."""
+        available = self.sites()
+        capture = resolve_sites(capture, available, allow_raw=True) if capture else ()
+        patches: dict = {}
+        for key, fn in (patch or {}).items():
+            if not callable(fn):
+                raise TypeError(f"patch[{key!r}] must be a function value -> value; got "
+                                f"{type(fn).__name__} (wrap an array v as `lambda _: v`).")
+            for name in resolve_sites(key, available, allow_raw=True, patchable=True):
+                patches[name] = fn
+        deltas: dict = {}
+        for key, value in (delta or {}).items():
+            names = resolve_sites(key, available, patchable=True)
+            if names != (key,):
+                raise SiteError(f"delta needs one array per site; {key!r} is not a single "
+                                f"site name (it matches {list(names)}).")
+            deltas[key] = value
+        return capture, patches, deltas
+
+    # ------------------------------------------------------------------ forward
+    def logits(self, **kwargs) -> jax.Array:
+        """Teacher-forced logits ``[B, L, V]``; see :meth:`forward` for the arguments."""
+        return self.forward(**kwargs)["logits"]
+
     def forward(
         self,
         *,
@@ -82,11 +158,12 @@ class ModelAdapter(struct.PyTreeNode):
         source_mask: Optional[jax.Array] = None,
         source_embeds: Optional[jax.Array] = None,
         dropout_rng: Optional[jax.Array] = None,
-        site: Optional[tuple] = None,
-        site_value: Optional[jax.Array] = None,
-        output_attentions: bool = False,
         positions: Optional[jax.Array] = None,
         return_head: bool = False,
+        output_attentions: bool = False,
+        capture: Sequence[str] = (),
+        patch: Optional[Mapping[str, Callable]] = None,
+        delta: Optional[Mapping[str, jax.Array]] = None,
     ) -> dict:
         """One teacher-forced forward; ``logits[:, i]`` predicts target token ``i+1``.
 
@@ -96,152 +173,124 @@ class ModelAdapter(struct.PyTreeNode):
         (intercepted inside the traced function), which is what attribution differentiates.
         ``dropout_rng`` turns dropout on (train mode), e.g. for MC-dropout targets.
 
-        ``site`` (a module path tuple) captures that module's output (its first element when
-        the module returns a tuple), returned as ``"site"`` ``[B, L, H_site]``; with
-        ``site_value`` the output is replaced by it (layer attribution).
-        ``output_attentions`` adds the model's attention weights under ``"attentions"``.
+        Sites (:mod:`jaxattr.internals.protocol`): ``capture`` names or globs (or raw module
+        paths, whose output — its first element for a tuple — is taken) are returned in
+        ``"captured"`` as ``[B, L, ...]``; ``patch`` ``{name or glob: fn}`` replaces a site's
+        value by ``fn(value)``; ``delta`` ``{name: array}`` adds to it (after ``patch``).
+        Everything happens in this one traced forward.
 
         ``positions[B, T]`` asks for the logits at those positions only: the hidden states are
-        gathered *before* the language-model head (the one ``nn.Dense`` with ``vocab_size``
-        features), so neither the head's matmul nor its backward pass runs over positions that
-        are not scored — for GPT-2-sized vocabularies the head is the largest matmul.
-
+        gathered *before* the language-model head (the table's head path), so neither the
+        head's matmul nor its backward pass runs over positions that are not scored.
         ``return_head`` (with ``positions``) also returns the head split off the network:
         ``"hidden"`` ``[B, T, H]``, the head's input at the scored positions, ``"head"``, a
         pure function ``(hidden, head_params) -> logits [B, T, V]`` (the head ``nn.Dense``
-        plus whatever the model adds to its output afterwards, e.g. BART's
-        ``final_logits_bias``) and ``"head_params"``, its arrays. Then ``"logits"`` is
-        computed from the stop-gradient of ``"hidden"``: differentiate through ``head``. All
-        three are ``None`` when no single ``nn.Dense`` head was found.
+        plus whatever the model adds afterwards, e.g. BART's ``final_logits_bias``) and
+        ``"head_params"``. Then ``"logits"`` is computed from the stop-gradient of
+        ``"hidden"``: differentiate through ``head``. All three are ``None`` when no head
+        was found. ``output_attentions`` adds the model's attention weights under
+        ``"attentions"``.
 
-        Returns ``{"logits": [B, L, V] (or [B, T, V] with positions), "site": array or None,
-        "attentions": dict or None}`` (plus ``"hidden"``, ``"head"`` and ``"head_params"`` with ``return_head``).
+        Returns ``{"logits": [B, L, V] (or [B, T, V] with positions), "captured": {name:
+        array}, "attentions": dict or None}`` (plus ``"hidden"``, ``"head"``,
+        ``"head_params"`` with ``return_head``).
         """
+        capture, patches, deltas = self._requests(capture, patch, delta)
+        wanted = tuple(dict.fromkeys(capture + tuple(patches) + tuple(deltas)))
+        plan, heads = self._plan_sites(wanted)
+        shapes = ({"encoder": source_ids.shape, "decoder": target_ids.shape}
+                  if self.is_encoder_decoder else {None: target_ids.shape})
+        state = SiteState(plan, shapes, heads, capture, patches, deltas)
         vocab = getattr(self.hf_model.config, "vocab_size", None)
-        head_calls: list = []
-        head_parts: dict = {}
-        replacements = {"encoder": source_embeds, "decoder": target_embeds}
+        head_path = self.arch.head if self.arch is not None else None
+        embed_names = {role: (f"{role}.embed" if self.is_encoder_decoder else "embed")
+                       for role in ("encoder", "decoder")}
+        embed_roles = frozenset(r for r, n in embed_names.items() if n in wanted)
         roles: dict[tuple, list] = {}
         if self.is_encoder_decoder:
             roles.setdefault(tuple(self.encoder_path), []).append("encoder")
         roles.setdefault(tuple(self.decoder_path), []).append("decoder")
-        calls: dict[tuple, int] = {}
-        site = tuple(site) if site is not None else None
-        captured: dict = {}
-        seen_paths: list = []
-
-        def interceptor(next_fun, args, kwargs, context):
-            if context.method_name != "__call__":
-                return next_fun(*args, **kwargs)
-            if (positions is not None and isinstance(context.module, nn.Dense)
-                    and context.module.features == vocab and len(args) == 1
-                    and getattr(args[0], "ndim", 0) == 3
-                    and args[0].shape[1] == target_ids.shape[1]):
-                head_calls.append(tuple(context.module.path))
-                idx = positions[..., None].astype(jnp.int32)
-                hidden = jnp.take_along_axis(args[0], idx, axis=1)
-                if not return_head:
-                    return next_fun(hidden, **kwargs)
-                # The model's own logits see the hidden states as constants: gradients reach
-                # them only through the returned ``head`` (the caller's cheaper path).
-                out = next_fun(jax.lax.stop_gradient(hidden), **kwargs)
-                head_parts.update(hidden=hidden, out=out, kwargs=kwargs,
-                                  module=context.module.clone(parent=None),
-                                  variables=context.module.variables)
-                return out
-            path = tuple(context.module.path)
-            if site is not None and path == site and "site" not in captured:
-                out = next_fun(*args, **kwargs)
-                first = out[0] if isinstance(out, tuple) else out
-                captured["site"] = first
-                if site_value is None:
-                    return out
-                if tuple(site_value.shape) != tuple(first.shape):
-                    raise ValueError(f"site value of shape {site_value.shape} does not match "
-                                     f"the output {first.shape} of {'/'.join(path)}.")
-                value = site_value.astype(first.dtype)
-                return (value,) + tuple(out[1:]) if isinstance(out, tuple) else value
-            if site is not None and path not in seen_paths:
-                seen_paths.append(path)
-            if path not in roles:
-                return next_fun(*args, **kwargs)
-            n = calls.get(path, 0)
-            calls[path] = n + 1
-            role = roles[path][min(n, len(roles[path]) - 1)]
-            emb = replacements[role]
-            if emb is None:
-                return next_fun(*args, **kwargs)
-            ids = args[0] if args else next(iter(kwargs.values()))
-            if tuple(ids.shape) != tuple(emb.shape[:-1]):
-                raise ValueError(
-                    f"{role} embeddings of shape {emb.shape} do not match the ids {ids.shape} "
-                    f"seen at module {'/'.join(path)}.")
-            return emb / self.embed_scale if self.embed_scale != 1.0 else emb
-
+        embed_icpt, calls = embedding_interceptor(
+            roles, {"encoder": source_embeds, "decoder": target_embeds}, self.embed_scale,
+            lambda role, emb: (state.apply(embed_names[role], emb)
+                               if embed_names[role] in wanted else emb), embed_roles)
+        patterns = tuple(n for n in capture
+                         if not is_raw_path(n) and parse_site(n).kind == "attn_pattern")
         kwargs = dict(params=self.params)
         if dropout_rng is not None:
             kwargs.update(dropout_rng=dropout_rng, train=True)
-        if output_attentions:
+        if output_attentions or patterns:
             kwargs["output_attentions"] = True
-        with nn.intercept_methods(interceptor):
+        parts = None
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(nn.intercept_methods(embed_icpt))
+            stack.enter_context(nn.intercept_methods(site_interceptor(state, head_path, vocab)))
+            if positions is not None:
+                icpt, parts = head_interceptor(positions, return_head, head_path, vocab,
+                                               target_ids.shape[1])
+                stack.enter_context(nn.intercept_methods(icpt))
             if self.is_encoder_decoder:
                 out = self.hf_model(
                     input_ids=source_ids, attention_mask=source_mask,
                     decoder_input_ids=target_ids, decoder_attention_mask=target_mask, **kwargs)
             else:
                 out = self.hf_model(input_ids=target_ids, attention_mask=target_mask, **kwargs)
+        self._check_calls(roles, calls, state, wanted)
+        captured = dict(state.captured)
+        for name in patterns:
+            site = parse_site(name)
+            captured[name] = getattr(out, self._stack(site.stack).attentions)[site.layer]
+        captured = {name: captured[name] for name in capture}
+        return self._result(out, positions, parts, return_head, output_attentions, captured)
+
+    def _check_calls(self, roles, calls, state, wanted) -> None:
         for path, role_list in roles.items():
             if calls.get(path, 0) < len(role_list):
                 raise RuntimeError(
                     f"The embedding module {'/'.join(path)} was called {calls.get(path, 0)} "
                     f"time(s) but {len(role_list)} call(s) were expected; this model class does "
                     "not use the path of jaxattr's table. Pass `embedding_paths=` to load_model.")
-        if site is not None and "site" not in captured:
-            names = ["/".join(p) for p in seen_paths if p]
-            raise ValueError(f"No module at layer path {'/'.join(site)!r} was called. Module "
-                             f"paths called in a forward pass: {names}.")
+        for name in wanted:
+            if name in state.hit:
+                continue
+            if is_raw_path(name):
+                raise ValueError(f"No module at layer path {name!r} was called. Module "
+                                 f"paths called in a forward pass: {state.called}.")
+            if parse_site(name).kind not in ("embed", "attn_pattern"):
+                raise RuntimeError(f"site {name!r} was not reached in the forward of "
+                                   f"{type(self.hf_model).__name__}: jaxattr's site table "
+                                   "does not match this class.")
+
+    def _result(self, out, positions, parts, return_head, output_attentions, captured):
         logits = out.logits
-        if positions is not None and len(head_calls) != 1:
-            if head_calls:
-                raise RuntimeError(f"found {len(head_calls)} language-model heads "
-                                   f"{head_calls}; expected one.")
+        if positions is not None and len(parts["calls"]) != 1:
+            if parts["calls"]:
+                raise RuntimeError(f"found {len(parts['calls'])} language-model heads "
+                                   f"{parts['calls']}; expected one.")
             logits = jnp.take_along_axis(logits, positions[..., None].astype(jnp.int32), 1)
         attentions = None
         if output_attentions:
             keys = ("attentions", "encoder_attentions", "decoder_attentions", "cross_attentions")
             attentions = {k: getattr(out, k) for k in keys if getattr(out, k, None) is not None}
-        result = {"logits": logits, "site": captured.get("site"), "attentions": attentions}
+        result = {"logits": logits, "captured": captured, "attentions": attentions}
         if return_head:
             result.update(hidden=None, head=None, head_params=None)
-            if head_parts:
-                if head_parts["out"].shape != logits.shape:
+            if parts is not None and "out" in parts:
+                if parts["out"].shape != logits.shape:
                     raise RuntimeError(
-                        f"the language-model head's output {head_parts['out'].shape} and the "
+                        f"the language-model head's output {parts['out'].shape} and the "
                         f"model's logits {logits.shape} differ; attribute with "
                         "split_head=False for this model.")
-                head, head_params = _head_fn(head_parts, logits)
-                result.update(hidden=head_parts["hidden"], head=head, head_params=head_params)
+                head, head_params = head_fn(parts, logits)
+                result.update(hidden=parts["hidden"], head=head, head_params=head_params)
         return result
 
 
-def _head_fn(parts: dict, logits: jax.Array):
-    """``(head, head_params)`` from a captured head call: ``head(hidden, head_params) ->
-    logits`` re-applies the ``nn.Dense`` with the weights in ``head_params["variables"]`` and
-    adds ``head_params["offset"]``, the model's post-head term (``logits - dense output``:
-    absent, or a bias such as BART's ``final_logits_bias``). The model's head ran on the
-    stop-gradient of the hidden states, so the offset depends on parameters only."""
-    module, kwargs = parts["module"], parts["kwargs"]
-    params = {"variables": parts["variables"]}
-    if logits is not parts["out"]:
-        params["offset"] = logits - parts["out"]   # a function of parameters only
-
-    def head(hidden, head_params):
-        out = module.apply(head_params["variables"], hidden, **kwargs)
-        if "offset" in head_params:
-            out = out + head_params["offset"].astype(out.dtype)
-        return out
-
-    return head, params
+def _n_layers(cfg, sp: StackPaths) -> int:
+    n = getattr(cfg, sp.n_layers, None)
+    if n is None and sp.n_layers == "num_decoder_layers":  # T5: same as the encoder
+        n = cfg.num_layers
+    return int(n)
 
 
 def seen_embedding_paths(hf_model, *, is_encoder_decoder: bool) -> list:
@@ -307,4 +356,5 @@ def make_adapter(hf_model, *, embedding_paths: Optional[dict] = None, params=Non
     scale = math.sqrt(cfg.d_model) if getattr(cfg, "scale_embedding", False) else 1.0
     return ModelAdapter(params=p, hf_model=hf_model, decoder_path=table["decoder"],
                         encoder_path=table.get("encoder"), is_encoder_decoder=is_ed,
-                        embed_scale=scale, max_length=max_exact_length(cfg))
+                        embed_scale=scale, max_length=max_exact_length(cfg),
+                        arch=architecture_for(name))
