@@ -114,7 +114,6 @@ class NativeDecoder(struct.PyTreeNode):
         for n, s in parsed.items():
             if n in delta and s.layer is not None and s.layer not in patched_layers:
                 if s.kind not in scan_deltas:
-                    shape = (spec.n_layers,) + tuple(delta[n].shape)
                     scan_deltas[s.kind] = [None] * spec.n_layers
                 scan_deltas[s.kind][s.layer] = delta[n]
         for kind, items in scan_deltas.items():
