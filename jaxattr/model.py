@@ -78,7 +78,12 @@ class AttributionModel:
 
     @property
     def max_positions(self) -> Optional[int]:
-        """Longest sequence the model's position embeddings allow (``None``: no limit)."""
+        """Longest sequence the model's position embeddings allow (``None``: no limit; the
+        native RoPE family has no position table, ``max_position_embeddings`` is where its
+        RoPE scaling starts, not a limit)."""
+        from .models import NativeDecoder
+        if isinstance(self.adapter, NativeDecoder):
+            return None
         for key in ("n_positions", "max_position_embeddings"):
             value = getattr(self.config, key, None)
             if isinstance(value, int) and value > 0:

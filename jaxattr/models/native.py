@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
 from ..internals.sites import parse_site, resolve_sites, site_names
@@ -114,7 +114,6 @@ class NativeDecoder(struct.PyTreeNode):
         for n, s in parsed.items():
             if n in delta and s.layer is not None and s.layer not in patched_layers:
                 if s.kind not in scan_deltas:
-                    shape = (spec.n_layers,) + tuple(delta[n].shape)
                     scan_deltas[s.kind] = [None] * spec.n_layers
                 scan_deltas[s.kind][s.layer] = delta[n]
         for kind, items in scan_deltas.items():
@@ -158,57 +157,42 @@ def _head(spec, hidden, head_params):
     return head_logits(spec, head_params, hidden)
 
 
-class _Generated:
-    def __init__(self, sequences):
-        self.sequences = sequences
-
-
 @dataclasses.dataclass
 class NativeModel:
-    """A loaded native checkpoint: the Hugging Face ``config`` (for token ids and lengths) and
-    ``functions`` (the :class:`NativeDecoder` pytree).
+    """A loaded native checkpoint: the Hugging Face ``config`` and ``generation_config`` (token
+    ids, lengths, greedy decoding settings) and ``functions`` (the :class:`NativeDecoder`).
 
     Attributes:
-      config: the ``transformers`` config; functions: :class:`NativeDecoder`; name: the path.
+      config: the ``transformers`` config; functions: :class:`NativeDecoder`;
+      generation_config: ``transformers.GenerationConfig``; name: the path.
     """
     config: Any
     functions: NativeDecoder
+    generation_config: Any = None
     name: str = ""
+
+    def __post_init__(self):
+        if self.generation_config is None:
+            from transformers import GenerationConfig
+            self.generation_config = GenerationConfig.from_model_config(self.config)
 
     @property
     def params(self):
         """The parameter pytree."""
         return self.functions.params
 
-    def generate(self, input_ids, *, attention_mask=None, params=None, pad_token_id=0,
-                 max_new_tokens: int = 20, do_sample: bool = False, **unused):
-        """Greedy continuation of left-padded ``input_ids [B, P]``: ``.sequences`` ``[B, P +
-        max_new_tokens]`` (one compiled forward over the full buffer, run once per step).
+    def generate(self, input_ids, **generation_args):
+        """Only greedy decoding exists for native models, run by
+        :mod:`jaxattr.generation` over :class:`NativeDecoder`; this is reached for anything
+        else (sampling, beams, other processors).
 
         Raises:
-          ValueError: sampling or other generation options (only greedy decoding here).
+          ValueError: always, naming the arguments.
         """
-        if do_sample or unused:
-            raise ValueError(f"the native decoder generates greedily only; got do_sample="
-                             f"{do_sample} and options {sorted(unused)}.")
-        fns = self.functions if params is None else self.functions.replace(params=params)
-        ids = np.asarray(input_ids, np.int32)
-        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask)
-        b, p = ids.shape
-        buf = np.full((b, p + max_new_tokens), pad_token_id, np.int32)
-        m = np.zeros_like(buf)
-        buf[:, :p], m[:, :p] = ids, mask
-        for step in range(max_new_tokens):
-            pos = np.full((b, 1), p + step - 1, np.int32)
-            nxt = np.asarray(_next_token(fns, jnp.asarray(buf), jnp.asarray(m), jnp.asarray(pos)))
-            buf[:, p + step], m[:, p + step] = nxt, 1
-        return _Generated(buf)
-
-
-@jax.jit
-def _next_token(fns, ids, mask, pos):
-    logits = fns.forward(target_ids=ids, target_mask=mask, positions=pos)["logits"]
-    return jnp.argmax(logits[:, 0], axis=-1)
+        args = sorted(k for k in generation_args if k not in ("attention_mask", "params"))
+        raise ValueError(f"native models generate greedily only (max_new_tokens, eos/pad ids, "
+                         f"min_length, forced BOS/EOS, suppress_tokens); got {args}. Pass "
+                         "generated_texts to attribute sampled or beam-searched outputs.")
 
 
 def load_native(path: str, *, dtype: Any = None) -> NativeModel:
@@ -227,5 +211,9 @@ def load_native(path: str, *, dtype: Any = None) -> NativeModel:
     config = AutoConfig.from_pretrained(path)
     spec = spec_from_config(config)
     params = params_from_tensors(spec, read_tensors(path), dtype=dtype, source=path)
+    generation = None
+    if os.path.isfile(os.path.join(path, "generation_config.json")):
+        from transformers import GenerationConfig
+        generation = GenerationConfig.from_pretrained(path)
     return NativeModel(config=config, functions=NativeDecoder(params=params, spec=spec),
-                       name=path)
+                       generation_config=generation, name=path)
