@@ -25,6 +25,8 @@ from .model import AttributionModel, load_model
 from .pipeline import ModelBatch, attribute_batch
 from .results import AttributionOutput, BatchAttribution, SequenceAttribution
 from . import io
+from . import context
+from .context import attribute_context
 from .io import ResultFileError, load
 from .targets import TargetBatch, get_target, register_target
 
@@ -42,6 +44,8 @@ __all__ = [
     # results
     "AttributionOutput", "BatchAttribution", "SequenceAttribution",
     "load", "ResultFileError",
+    # context attribution (PECoRe)
+    "attribute_context", "context",
     # errors
     "InputError", "UnsupportedModelError",
     # submodules
