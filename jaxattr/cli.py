@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-progress", action="store_true")
     d.add_argument("--max-batches", type=int, default=None, help=argparse.SUPPRESS)
     _add_common(d)
+    from .context.cli import add_parser as _add_context
+    _add_context(sub)
     return parser
 
 
@@ -75,6 +77,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     import jaxattr
     try:
+        if args.command == "attribute-context":
+            from .context.cli import run as _run_context
+            return _run_context(args)
         model = jaxattr.load_model(args.model)
         kwargs = _attribute_kwargs(args)
         if args.command == "attribute":

@@ -172,12 +172,13 @@ def test_context_longer_than_positions_raises(gpt2):
                                   output_current_text=OUT)
 
 
-def test_unsplittable_generated_output_raises(gpt2):
+def test_output_splitting_by_separator_and_punctuation():
+    from jaxattr.context.texts import split_output
+    assert split_output("Il pleut. Je reste", "{context} | {current}") == ("Il pleut.", "Je reste")
+    assert split_output("Il pleut | Je reste", "{context} | {current}") == ("Il pleut",
+                                                                            "Je reste")
     with pytest.raises(InputError, match="cannot be split"):
-        jaxattr.attribute_context(gpt2, CUR, input_context_text=CTX,
-                                  output_template="{context} ||| {current}",
-                                  handle_output_context_strategy="auto",
-                                  generation_kwargs={"max_new_tokens": 3})
+        split_output("one two three", "{context} | {current}")
 
 
 # ----------------------------------------------------------------------------- results, views
