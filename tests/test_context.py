@@ -174,7 +174,7 @@ def test_context_longer_than_positions_raises(gpt2):
 
 def test_output_splitting_by_separator_and_punctuation():
     from jaxattr.context.texts import split_output
-    assert split_output("Pleut. Reste ici", "{context} {current}") == ("Pleut.", "Reste ici")
+    assert split_output("Pleut. Reste", "{context} {current}") == ("Pleut.", "Reste")
     assert split_output("Il pleut | Je reste", "{context} | {current}") == ("Il pleut",
                                                                             "Je reste")
     with pytest.raises(InputError, match="cannot be split"):
