@@ -4,7 +4,8 @@ Records: ``benchmarks/pecore_side/inseq_context_reference.json`` (made by
 ``benchmarks/pecore_side/run_inseq_context.py`` in the torch side environment). Each case is
 replayed with :func:`jaxattr.attribute_context` with the same arguments: decoder-only GPT-2 and
 encoder-decoder Marian, forced and generated outputs, probability / contrastive /
-KL-divergence attributed functions, input and output contexts.
+KL-divergence attributed functions, input and output contexts. One documented difference:
+encoder-decoder output-context scores (see the comment in the test).
 """
 import json
 import os
@@ -56,5 +57,10 @@ def test_attribute_context_matches_inseq(models, case):
         _close(ours["cti_score"], theirs["cti_score"], f"{where}: cti_score")
         _close(ours["input_context_scores"], theirs["input_context_scores"],
                f"{where}: input_context_scores")
-        _close(ours["output_context_scores"], theirs["output_context_scores"],
-               f"{where}: output_context_scores")
+        ours_out, theirs_out = ours["output_context_scores"], theirs["output_context_scores"]
+        if case["model"] == "marian" and theirs_out is not None:
+            # Inseq 0.7.1 slices encoder-decoder output-context scores from the decoder start
+            # token's row (its scores are shifted by one token); jaxattr starts at the first
+            # context token. The rows both have must agree.
+            ours_out, theirs_out = ours_out[:-1], theirs_out[1:]
+        _close(ours_out, theirs_out, f"{where}: output_context_scores")

@@ -678,7 +678,12 @@ def _column(arr, r: int, n_rows: int) -> Optional[np.ndarray]:
 
 def _cci_output(model, ex: _Example, row: _Row, host, r: int) -> CCIOutput:
     """Aggregate a row's column and slice it to the input / output context tokens (Inseq's
-    ``get_source_target_cci_scores``)."""
+    ``get_source_target_cci_scores``, which counts filtered tokens from row 0). Rows are
+    mapped through the filtered-token positions, so special tokens the tokenizer adds (BOS,
+    the decoder start token) never shift the scores: Inseq 0.7.1 returns the rows from 0,
+    shifted by one token for tokenizers that prepend BOS and for encoder-decoder output
+    contexts (where its first score is the decoder start token's).
+    """
     from ..aggregate import REDUCTIONS
     a = ex.args
     tok, enc_dec = model.tokenizer, model.is_encoder_decoder
@@ -706,7 +711,8 @@ def _cci_output(model, ex: _Example, row: _Row, host, r: int) -> CCIOutput:
         if "{current}" in pre:
             pre = pre.format(current=a.input_current_text)
         n_pre = len(filtered_tokens(tok, pre, keep)) if pre else 0
-        input_scores = scores[n_pre:n_pre + len(ex.input_context_tokens)].tolist()
+        rows = (filtered_positions(tok, ex.ctx_source, keep) if enc_dec else ex.ctx_positions)
+        input_scores = scores[rows[n_pre:n_pre + len(ex.input_context_tokens)]].tolist()
     if a.has_output_context:
         pre = a.output_template.partition("{context}")[0]
         if not enc_dec and pre:
@@ -714,7 +720,8 @@ def _cci_output(model, ex: _Example, row: _Row, host, r: int) -> CCIOutput:
         n_pre = len(filtered_tokens(tok, pre, keep, target=enc_dec)) if pre else 0
         if not enc_dec:
             n_pre += len(ex.input_full_tokens)
-        output_scores = tgt_scores[n_pre:n_pre + len(ex.output_context_tokens)].tolist()
+        rows = ex.ctx_positions[n_pre:n_pre + len(ex.output_context_tokens)]
+        output_scores = tgt_scores[rows].tolist()
     cti_idx, score, token = ex.selected[row.rank]
     return CCIOutput(cti_idx=cti_idx, cti_token=token, cti_score=score,
                      contextual_output=row.contextual_output,
