@@ -26,6 +26,8 @@ from .pipeline import ModelBatch, attribute_batch
 from .results import AttributionOutput, BatchAttribution, SequenceAttribution
 from . import io
 from . import evaluate
+from . import context
+from .context import attribute_context
 from .io import ResultFileError, load
 from .targets import TargetBatch, get_target, register_target
 
@@ -43,6 +45,8 @@ __all__ = [
     # results
     "AttributionOutput", "BatchAttribution", "SequenceAttribution",
     "load", "ResultFileError",
+    # context attribution (PECoRe)
+    "attribute_context", "context",
     # errors
     "InputError", "UnsupportedModelError",
     # submodules

@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(d)
     from .evaluate.cli import add_parser as _add_evaluate
     _add_evaluate(sub)
+    from .context.cli import add_parser as _add_context
+    _add_context(sub)
     return parser
 
 
@@ -81,6 +83,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import jaxattr
     jaxattr.enable_compilation_cache()  # the CLI's cold start: reuse compiled programs
     try:
+        if args.command == "attribute-context":
+            from .context.cli import run as _run_context
+            return _run_context(args)
         model = jaxattr.load_model(args.model)
         kwargs = _attribute_kwargs(args)
         if args.command == "attribute":

@@ -171,3 +171,25 @@ def test_screenshot(chromium, tmp_path):
     chromium(tmp_path, page.as_uri(), f"--screenshot={shot}")
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_context_report_renders_tokens_and_cues_without_requests(chromium, tmp_path):
+    """The PECoRe view (``AttributeContextOutput.to_html``): every output and context token
+    rendered once and escaped, selected tokens and salient cues marked, no request."""
+    from jaxattr.context import AttributeContextOutput, CCIOutput
+    out = AttributeContextOutput(
+        input_context="<b>A</b> & B", input_context_tokens=["<script>x</script>", "A&", "▁é"],
+        output_current="y", output_current_tokens=["Ġy", "<img src=x>", "z"],
+        cti_scores=[0.1, 2.0, 0.3],
+        cci_scores=[CCIOutput(cti_idx=1, cti_token="<img src=x>", cti_score=2.0,
+                              contextual_output="y <img src=x>",
+                              input_context_scores=[0.5, -1.0, 0.1])],
+        info={"attribution_std_threshold": 0.5}, cti_threshold=1.5)
+    dom, text, requests = dump_dom(chromium, tmp_path, out.to_html())
+    assert requests == []
+    assert "<script" not in text and "<img" not in text
+    assert dom.found["ja-out"] == ["Ġy", "<img src=x>", "z"]
+    assert dom.found["ja-ctx"] == ["<script>x</script>", "A&", "▁é"]
+    assert dom.found["ja-cti"] == ["<img src=x>"]
+    # threshold mean + 0.5 std = -0.133 + 0.5 * 0.777 = 0.255: cues are the first two tokens
+    assert dom.found["ja-cue"] == ["<script>x</script>", "A&"]

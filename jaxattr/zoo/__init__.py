@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 
-from . import tasks
+from . import context_task, tasks
 
-__all__ = ["BUNDLED", "path", "card", "tasks"]
+__all__ = ["BUNDLED", "path", "card", "tasks", "context_task"]
 
 BUNDLED: dict[str, str] = {
     "toy-recall": "Decoder-only GPT-2 (2 layers, hidden 64) trained on in-context recall: "
@@ -26,6 +26,9 @@ BUNDLED: dict[str, str] = {
               "language with grammatical gender, trained on occupationally skewed data: "
               "'the nurse said he is tired' -> 'lo enfermero dis ke il es kansado'. "
               "Ground-truth cue: the source pronoun / possessive / gendered noun.",
+    "toy-context": "Decoder-only GPT-2 (2 layers, hidden 48) whose pronoun comes from a context "
+                   "sentence: \"Kim is a woman from Rome. Kim said that\" -> ' she is happy.' "
+                   "PECoRe ground truth: CTI selects the pronoun; its cue is the gender word.",
 }
 
 _ROOT = os.path.dirname(os.path.abspath(__file__))
