@@ -269,6 +269,8 @@ def test_all_metrics_round_trip_and_views(gpt2, tmp_path):
     assert back.info == res.info
     table = res.to_table()
     assert "comprehensiveness ↑" in table and "deletion ↓" in table
+    fig = res.to_figure()
+    assert len(fig.axes[0].lines) == 2  # mean deletion and insertion curves
     # a pytree: leaves are the arrays
     assert len(jax.tree_util.tree_leaves(res)) == len(jax.tree_util.tree_leaves(back))
 

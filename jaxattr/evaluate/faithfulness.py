@@ -98,8 +98,9 @@ def faithfulness(model, out, *, metrics: Union[str, Sequence[str]] = ("comprehen
                          f"attributed_fn {fn_name!r} is neither. Pass "
                          "attributed_fn='probability'.")
     items = step_items(view, special_ids=special)
-    values = evaluate_items(scorer, items, spec, fill_id=fill, log_kind=kind or "prob",
-                            max_positions=max_positions, jit=jit)
+    values, stats = evaluate_items(scorer, items, spec, fill_id=fill,
+                                   log_kind=kind or "prob", max_positions=max_positions,
+                                   jit=jit)
     n_steps = [s.attr_pos_end - s.attr_pos_start for s in view.sequence_attributions]
     meta = {"metrics": list(spec.metrics), "bins": list(spec.bins), "erase": spec.erase,
             "baseline": spec.baseline, "exclude_special": spec.exclude_special,
@@ -107,7 +108,8 @@ def faithfulness(model, out, *, metrics: Union[str, Sequence[str]] = ("comprehen
             "attributed_fn": fn_name if isinstance(fn_name, str) else getattr(
                 fn_name, "__name__", "custom"),
             "attributed_fn_kwargs": fn_kwargs, "model": info.get("model"),
-            "method": info.get("method"), "aggregations": info.get("aggregations", [])}
+            "method": info.get("method"), "aggregations": info.get("aggregations", []),
+            **stats}
     return FaithfulnessResult.from_steps(items, values, n_steps, spec, meta)
 
 
@@ -120,10 +122,11 @@ def _score_kind(name, kwargs) -> Optional[str]:
 
 
 def evaluate_items(scorer, items, spec: FaithfulnessSpec, *, fill_id: int, log_kind: str,
-                   max_positions: Optional[int] = None, jit: bool = True) -> list:
+                   max_positions: Optional[int] = None, jit: bool = True) -> tuple:
     """Metric dicts (see :func:`.metrics.step_metrics`) of every step item: builds the rows
     of all steps and bins, scores them in one :func:`.perturb.score_rows` call, then reads
-    each step's values back."""
+    each step's values back. Returns ``(dicts, {"n_forwards": rows scored,
+    "forward_tokens": their tokens before padding})``."""
     ms = set(spec.metrics)
     rows, plans = [], []
 
@@ -176,7 +179,10 @@ def evaluate_items(scorer, items, spec: FaithfulnessSpec, *, fill_id: int, log_k
             soft_comp=scores[plan["soft_comp"]], soft_suff=scores[plan["soft_suff"]],
             log_odds_score=erased(plan["k20"]) if "log_odds" in ms else np.nan,
             log_kind=log_kind))
-    return results
+    stats = {"n_forwards": len(rows),
+             "forward_tokens": int(sum(r.target_ids.shape[0] + (
+                 0 if r.source_ids is None else r.source_ids.shape[0]) for r in rows))}
+    return results, stats
 
 
 def _keep_without(order: np.ndarray, k: int, n: int) -> np.ndarray:

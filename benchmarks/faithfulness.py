@@ -1,0 +1,73 @@
+"""Cost of a faithfulness evaluation against one saliency attribution of the same sequences.
+
+    python benchmarks/faithfulness.py [--n 100] [--batch-size 25] [--max-tokens 16384]
+
+GPT-2-124M-sized random checkpoint (``benchmarks/_workload.py``), ``--n`` sequences of 16 prompt
++ 16 generated tokens (the workload's passages, repeated to reach ``--n``), so 16 attributed
+steps each. The evaluation is :func:`jaxattr.evaluate.faithfulness` with its defaults:
+comprehensiveness and sufficiency over the 5 bins (0.01, 0.05, 0.1, 0.2, 0.5), ``mask``
+erasure. Both are timed twice in one process: cold (compilation included) and warm (the same
+call again). Also printed: the perturbed forwards the evaluation ran and their padded tokens,
+against the tokens of the attribution's forward and its per-step backward passes.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+import jaxattr  # noqa: E402
+from jaxattr.evaluate import faithfulness  # noqa: E402
+from _workload import ensure_checkpoint, make_prompts  # noqa: E402
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    res = fn()
+    jax.block_until_ready(jax.tree_util.tree_leaves(getattr(res, "batches", res)))
+    return res, time.perf_counter() - t
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--batch-size", type=int, default=25)
+    ap.add_argument("--max-tokens", type=int, default=16384)
+    args = ap.parse_args(argv)
+    ckpt = ensure_checkpoint()
+    model = jaxattr.load_model(ckpt)
+    prompts, gens = make_prompts(8, ckpt)
+    prompts = [prompts[i % len(prompts)] for i in range(args.n)]
+    gens = [gens[i % len(gens)] for i in range(args.n)]
+
+    def attribute():
+        return model.attribute(prompts, gens, method="saliency", batch_size=args.batch_size,
+                               show_progress=False)
+
+    out, attr_cold = _timed(attribute)
+    _, attr_warm = _timed(attribute)
+    res, eval_cold = _timed(lambda: faithfulness(model, out, max_tokens=args.max_tokens))
+    _, eval_warm = _timed(lambda: faithfulness(model, out, max_tokens=args.max_tokens))
+    n_rows, tokens = res.info["n_forwards"], res.info["forward_tokens"]
+    L, T = 32, 16
+    print(f"devices: {jax.devices()}")
+    print(f"{args.n} sequences x {T} steps, bins {res.info['bins']}, erase {res.info['erase']}")
+    print(f"saliency attribution : cold {attr_cold:8.2f} s   warm {attr_warm:8.2f} s")
+    print(f"faithfulness         : cold {eval_cold:8.2f} s   warm {eval_warm:8.2f} s")
+    print(f"ratio faithfulness / saliency: cold {eval_cold / attr_cold:.2f}x   "
+          f"warm {eval_warm / attr_warm:.2f}x")
+    print(f"perturbed forwards: {n_rows} ({n_rows / args.n:.1f} per sequence, "
+          f"{n_rows / args.n / T:.1f} per step) over {tokens} tokens = the tokens of "
+          f"{tokens / (args.n * L):.1f} full-sequence forwards per sequence; saliency: 1 "
+          f"forward + {T} input-gradient backward passes per sequence")
+    print("means:", {k: round(v, 4) for k, v in res.mean().items()})
+
+
+if __name__ == "__main__":
+    main()
