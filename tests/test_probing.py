@@ -28,7 +28,7 @@ def test_one_decodable_layer_accuracy_and_compression():
     res = P.fit(x, y, mdl=True, spec=P.TrainSpec(max_steps=400))
     assert res.accuracy[2] >= 0.99
     for g in (0, 1, 3):
-        assert abs(res.accuracy[g] - 0.5) <= 0.05, res.accuracy
+        assert 0.45 <= res.accuracy[g] <= res.chance + 0.05, res.accuracy
     assert int(np.argmax(res.compression)) == 2
     assert res.compression[2] > 5 and (np.delete(res.compression, 2) < 1.1).all()
     assert res.best_layer == "2"

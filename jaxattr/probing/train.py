@@ -106,12 +106,18 @@ def train_probe(x_train: jax.Array, y_train: jax.Array, n_rows: jax.Array,
     convergence). It stops after ``spec.patience`` checks without an improvement of more
     than ``spec.min_delta``, or at ``spec.max_steps``.
 
+    Classifiers start from the zero function plus the (add-one smoothed) log prior of the
+    training labels as output bias, so a probe that never beats it predicts the majority class.
+
     Returns ``(params, steps, monitored_loss)``.
     """
     k_init, k_data = jax.random.split(key)
     params = init_probe(k_init, x_train.shape[1], n_out, probe=probe, hidden=spec.hidden)
-    opt = _optimizer(spec)
     w = (jnp.arange(x_train.shape[0]) < n_rows).astype(jnp.float32)
+    if kind == "classification":    # start from the training prior: the chance-level guess
+        counts = jnp.zeros((n_out,), jnp.float32).at[y_train].add(w)
+        params[-1]["b"] = jnp.log((counts + 1.0) / (counts.sum() + n_out))
+    opt = _optimizer(spec)
     w_val = jnp.ones((x_val.shape[0],), jnp.float32)
     full = functools.partial(objective, x=x_train, y=y_train, w=w, kind=kind, l2=spec.l2)
     grad_fn = jax.grad(objective)
