@@ -26,6 +26,7 @@ from .pipeline import ModelBatch, attribute_batch
 from .results import AttributionOutput, BatchAttribution, SequenceAttribution
 from . import io
 from . import evaluate
+from . import probing
 from .io import ResultFileError, load
 from .targets import TargetBatch, get_target, register_target
 
@@ -46,5 +47,5 @@ __all__ = [
     # errors
     "InputError", "UnsupportedModelError",
     # submodules
-    "methods", "targets", "aggregate", "io", "zoo", "evaluate",
+    "methods", "targets", "aggregate", "io", "zoo", "probing", "evaluate",
 ]
