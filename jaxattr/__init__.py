@@ -28,6 +28,7 @@ from . import io
 from . import evaluate
 from . import context
 from .context import attribute_context
+from . import probing
 from .io import ResultFileError, load
 from .targets import TargetBatch, get_target, register_target
 
@@ -50,5 +51,5 @@ __all__ = [
     # errors
     "InputError", "UnsupportedModelError",
     # submodules
-    "methods", "targets", "aggregate", "io", "zoo", "evaluate",
+    "methods", "targets", "aggregate", "io", "zoo", "probing", "evaluate",
 ]

@@ -28,7 +28,7 @@ def test_one_decodable_layer_accuracy_and_compression():
     res = P.fit(x, y, mdl=True, spec=P.TrainSpec(max_steps=400))
     assert res.accuracy[2] >= 0.99
     for g in (0, 1, 3):
-        assert abs(res.accuracy[g] - 0.5) <= 0.05, res.accuracy
+        assert 0.45 <= res.accuracy[g] <= res.chance + 0.05, res.accuracy
     assert int(np.argmax(res.compression)) == 2
     assert res.compression[2] > 5 and (np.delete(res.compression, 2) < 1.1).all()
     assert res.best_layer == "2"
@@ -58,14 +58,15 @@ def test_mlp_memorises_control_task_linear_does_not():
     np.testing.assert_allclose(lin.selectivity, lin.accuracy - lin.control_accuracy)
 
 
-@pytest.mark.parametrize("probe", ["linear", "mlp"])
-def test_vmapped_program_equals_per_layer_loop(probe):
+@pytest.mark.parametrize("probe,batch_size", [("linear", None), ("mlp", 32)])
+def test_vmapped_program_equals_per_layer_loop(probe, batch_size):
     rng = np.random.default_rng(1)
     g, n, h, n_train, n_val = 3, 240, 6, 160, 40
     x = rng.normal(size=(g, n, h)).astype(np.float32)
     x[1] += rng.normal(size=(n, 1)).astype(np.float32)
     labels = np.stack([rng.integers(0, 3, n), rng.integers(0, 3, n)]).astype(np.int32)
-    spec = P.TrainSpec(max_steps=200, eval_every=5, patience=3, hidden=(16,))
+    spec = P.TrainSpec(max_steps=200, eval_every=5, patience=3, hidden=(16,),
+                       batch_size=batch_size)
     task = np.array([0, 1, 0, 1])
     n_rows = np.array([n_train, n_train, 40, 90])
     keys = jnp.stack([jax.random.PRNGKey(s) for s in (0, 0, 1, 2)])

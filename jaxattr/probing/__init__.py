@@ -9,8 +9,9 @@ blocks of the online code (Voita & Titov, 2020) train in one jitted, vmapped pro
 ``features`` is ``[N, n_layers, H]`` or ``{site: [N, H]}``; collect them from a model with
 :func:`collect_features`.
 """
+from .features import POOLINGS, Features, collect_features
 from .fit import fit
 from .result import ProbeResult, load
 from .spec import MDL_FRACTIONS, TrainSpec
 
-__all__ = ["fit", "ProbeResult", "load", "TrainSpec", "MDL_FRACTIONS"]
+__all__ = ["fit", "collect_features", "Features", "POOLINGS", "ProbeResult", "load", "TrainSpec", "MDL_FRACTIONS"]

@@ -25,7 +25,7 @@ def fit(features, labels, *, probe: str = "linear", control: Optional[str] = Non
 
     Every layer × seed × (task, control) × MDL block is one job of a single jitted, vmapped
     training program (:func:`jaxattr.probing.train.run_probes`). Features are standardised
-    with the training split's statistics; probes train full-batch with AdamW and stop early on
+    with the training split's statistics; probes train with AdamW (full batch or minibatches) and stop early on
     a validation split; scores are on a test split.
 
     Args:
