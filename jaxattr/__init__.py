@@ -26,6 +26,8 @@ from .pipeline import ModelBatch, attribute_batch
 from .results import AttributionOutput, BatchAttribution, SequenceAttribution
 from . import io
 from . import evaluate
+from . import lens
+from .lens import logit_lens
 from .io import ResultFileError, load
 from .targets import TargetBatch, get_target, register_target
 
@@ -46,5 +48,7 @@ __all__ = [
     # errors
     "InputError", "UnsupportedModelError",
     # submodules
-    "methods", "targets", "aggregate", "io", "zoo", "evaluate",
+    "methods", "targets", "aggregate", "io", "zoo", "evaluate", "lens",
+    # analyses
+    "logit_lens",
 ]

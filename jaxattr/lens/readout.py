@@ -12,6 +12,7 @@ that does not reproduce them is an error, never a silent approximation.
 """
 from __future__ import annotations
 
+import inspect
 import re
 import weakref
 from typing import Any
@@ -111,6 +112,12 @@ def model_readout(model) -> Readout:
     hit = _CACHE.setdefault(model.hf_model, {})
     if hit.get("params_id") == id(model.params):
         return hit["readout"]
+    if hasattr(model.adapter, "spec"):          # the native decoder family
+        readout = _native_readout(model.adapter)
+        if "readout" in hit:
+            readout = hit["readout"].replace(params=readout.params)
+        hit.update(readout=readout, params_id=id(model.params))
+        return readout
     calls, logits = _trace_tail(model.adapter, _probe_batch(model))
     tail = _find_tail(calls, logits, int(model.config.vocab_size))
     params = {"head": tail["head"][1]}
@@ -138,6 +145,23 @@ def model_readout(model) -> Readout:
     return readout
 
 
+def _native_readout(adapter) -> Readout:
+    from ..models.decoder import head_logits, rms_norm
+    spec = adapter.spec
+
+    def fn(p, h):
+        return head_logits(spec, {"head": p["head"]}, rms_norm(h, p["final_norm"], spec))
+
+    params = {"final_norm": adapter.params["final_norm"],
+              "head": adapter.params["embed"] if spec.tied else adapter.params["head"]}
+    return Readout(params=params, fn=fn)
+
+
+def _uses_sites(adapter) -> bool:
+    """Whether the backend captures named sites (the internals protocol)."""
+    return "capture" in inspect.signature(adapter.forward).parameters
+
+
 def state_sites(model) -> tuple:
     """Site names of the lens rows: the stream entering block 0, then leaving every block
     (the decoder's on encoder-decoder models)."""
@@ -147,27 +171,88 @@ def state_sites(model) -> tuple:
             + resolve_sites(f"{prefix}blocks.*.resid_post", available))
 
 
+def _is_block(path: tuple, decoder_only: bool) -> bool:
+    digits = [i for i, p in enumerate(path) if p.isdigit()]
+    return (len(digits) == 1 and digits[0] == len(path) - 1
+            and (decoder_only or "decoder" in path))
+
+
+def _hf_states(adapter, batch: dict) -> jax.Array:
+    """``[n_layers + 1, B, L, H]`` from a transformers Flax forward: the input of the first
+    (decoder) block and the output of every block, read by interception; the head runs on
+    one position only."""
+    vocab = adapter.hf_model.config.vocab_size
+    rows: list = []
+
+    def interceptor(next_fun, args, kwargs, context):
+        if context.method_name != "__call__":
+            return next_fun(*args, **kwargs)
+        mod = context.module
+        if isinstance(mod, nn.Dense) and mod.features == vocab and args:
+            return next_fun(args[0][:, :1], **kwargs)
+        if _is_block(tuple(mod.path), not adapter.is_encoder_decoder):
+            if not rows:
+                rows.append(args[0] if args else kwargs["hidden_states"])
+            out = next_fun(*args, **kwargs)
+            rows.append(out[0] if isinstance(out, tuple) else out)
+            return out
+        return next_fun(*args, **kwargs)
+
+    hf = adapter.hf_model
+    with nn.intercept_methods(interceptor):
+        if adapter.is_encoder_decoder:
+            hf(input_ids=batch["source_ids"], attention_mask=batch["source_mask"],
+               decoder_input_ids=batch["target_ids"], decoder_attention_mask=batch["target_mask"],
+               params=adapter.params)
+        else:
+            hf(input_ids=batch["target_ids"], attention_mask=batch["target_mask"],
+               params=adapter.params)
+    return jnp.stack(rows)
+
+
+def _states_fn(model):
+    adapter = model.adapter
+    if not _uses_sites(adapter):
+        return lambda params, batch: _hf_states(adapter.replace(params=params), batch)
+    sites = state_sites(model)
+
+    def states_fn(params, batch):
+        ids = batch["target_ids"]
+        out = adapter.replace(params=params).forward(
+            target_ids=ids, target_mask=batch["target_mask"],
+            source_ids=batch.get("source_ids"), source_mask=batch.get("source_mask"),
+            positions=jnp.zeros((ids.shape[0], 1), jnp.int32), capture=sites)
+        return jnp.stack([out["captured"][name] for name in sites])
+
+    return states_fn
+
+
 def model_source(model) -> LensSource:
-    """A :class:`~jaxattr.lens.LensSource` over ``model``: states from one forward with site
-    capture (the head runs at one position only), decoded by :func:`model_readout`.
+    """A :class:`~jaxattr.lens.LensSource` over ``model``: the residual states from one
+    forward (site capture where the backend offers it; the head runs at one position only),
+    decoded by :func:`model_readout`.
 
     Batches are dicts with ``target_ids``/``target_mask`` ``[B, L]`` (and ``source_ids``/
-    ``source_mask`` on encoder-decoder models) plus ``mask`` (tokens to score)."""
-    hit = _CACHE.setdefault(model.hf_model, {})
+    ``source_mask`` on encoder-decoder models) plus ``mask`` (tokens to score).
+
+    Raises:
+      ReadoutError: the readout of the last state does not reproduce the model's logits.
+    """
     readout = model_readout(model)
+    hit = _CACHE.setdefault(model.hf_model, {})
     if "states_fn" not in hit:
-        sites = state_sites(model)
-        adapter = model.adapter
-
-        def states_fn(params, batch):
-            ids = batch["target_ids"]
-            out = adapter.replace(params=params).forward(
-                target_ids=ids, target_mask=batch["target_mask"],
-                source_ids=batch.get("source_ids"), source_mask=batch.get("source_mask"),
-                positions=jnp.zeros((ids.shape[0], 1), jnp.int32), capture=sites)
-            return jnp.stack([out["captured"][name] for name in sites])
-
-        hit.update(states_fn=states_fn, n_layers=len(sites) - 1)
-    hidden = int(readout.params["head"]["params"]["kernel"].shape[0])
+        states_fn = _states_fn(model)
+        probe = _probe_batch(model)
+        states = states_fn(model.params, probe)
+        logits = model.adapter.forward(**probe)["logits"]
+        err = float(jnp.max(jnp.abs(readout(states[-1]) - logits)))
+        scale = float(jnp.max(jnp.abs(logits)))
+        if not err <= 1e-4 * max(scale, 1.0):
+            raise ReadoutError(
+                f"decoding the last residual state with the final norm and head gives logits "
+                f"{err:.3g} away from the model's own (scale {scale:.3g}); the lens cannot "
+                f"read {type(model.hf_model).__name__}.")
+        hit.update(states_fn=states_fn, n_layers=int(states.shape[0]) - 1,
+                   hidden=int(states.shape[-1]))
     return LensSource(params=model.params, readout=readout, states_fn=hit["states_fn"],
-                      n_layers=hit["n_layers"], hidden=hidden)
+                      n_layers=hit["n_layers"], hidden=hit["hidden"])
