@@ -108,3 +108,14 @@ def test_views(gpt2):
     matplotlib.use("Agg")
     fig = traj.to_figure(color_by="prob")
     assert len(fig.axes[0].texts) == traj.n_rows * len(traj.tokens[0])
+
+
+def test_native_family_reads_its_own_output():
+    import os
+    ckpt = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "native_side", "ckpt",
+                        "llama")
+    model = jaxattr.load_model(ckpt)
+    text = "The cat sat on the mat"
+    traj = logit_lens(model, [text], top_k=3)
+    assert traj.row_names[0] == "blocks.0.resid_pre"
+    np.testing.assert_allclose(traj.log_probs[0][-1], _model_log_probs(model, text), atol=2e-5)

@@ -28,7 +28,18 @@ from .train import LensSource
 
 __all__ = ["model_readout", "model_source", "state_sites", "ReadoutError"]
 
-_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_CACHE: dict = {}
+
+
+def _cache_for(model) -> dict:
+    """Per-model memo (built functions are reused so compiled programs are too), keyed by the
+    identity of the underlying model object and dropped with it."""
+    obj, key = model.hf_model, id(model.hf_model)
+    entry = _CACHE.get(key)
+    if entry is None or entry["ref"]() is not obj:
+        entry = {"ref": weakref.ref(obj, lambda _, k=key: _CACHE.pop(k, None))}
+        _CACHE[key] = entry
+    return entry
 _NORM = re.compile(r"norm", re.IGNORECASE)
 
 
@@ -109,7 +120,7 @@ def model_readout(model) -> Readout:
 
     The function is built once per model (so compiled programs are reused); its arrays are
     re-read when the model's parameters change (``model.with_params``)."""
-    hit = _CACHE.setdefault(model.hf_model, {})
+    hit = _cache_for(model)
     if hit.get("params_id") == id(model.params):
         return hit["readout"]
     if hasattr(model.adapter, "spec"):          # the native decoder family
@@ -239,7 +250,7 @@ def model_source(model) -> LensSource:
       ReadoutError: the readout of the last state does not reproduce the model's logits.
     """
     readout = model_readout(model)
-    hit = _CACHE.setdefault(model.hf_model, {})
+    hit = _cache_for(model)
     if "states_fn" not in hit:
         states_fn = _states_fn(model)
         probe = _probe_batch(model)
