@@ -45,7 +45,7 @@ def table(ev: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="toy-recall", choices=sorted(jaxattr.zoo.BUNDLED))
-    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--tokens-per-step", type=int, default=2048)
     ap.add_argument("--seq-len", type=int, default=32)
     ap.add_argument("--out", default=None, help="lens file (default: next to the model)")
@@ -58,10 +58,12 @@ def main() -> None:
     t0 = time.perf_counter()
     lens, history = train_tuned_lens(model, train, steps=args.steps,
                                      tokens_per_step=args.tokens_per_step,
-                                     seq_len=args.seq_len, batch_size=16, seed=args.seed)
+                                     seq_len=args.seq_len, batch_size=16, pack=False,
+                                     seed=args.seed)
     print(f"trained {args.steps} steps in {time.perf_counter() - t0:.0f} s; training KL per "
           f"layer {history[0].round(3)} -> {history[-1].round(3)}")
-    ev = evaluate_tuned_lens(model, lens, held_out, seq_len=args.seq_len, batch_size=32)
+    ev = evaluate_tuned_lens(model, lens, held_out, seq_len=args.seq_len, batch_size=32,
+                             pack=False)
     print(f"\nheld-out ({ev['n_tokens']} tokens), nats per token:\n{table(ev)}\n")
     out = args.out or os.path.join(jaxattr.zoo.path(args.model), "tuned_lens.safetensors")
     save_lens(out, lens, metadata={"model": args.model, "steps": args.steps,

@@ -119,3 +119,21 @@ def test_native_family_reads_its_own_output():
     traj = logit_lens(model, [text], top_k=3)
     assert traj.row_names[0] == "blocks.0.resid_pre"
     np.testing.assert_allclose(traj.log_probs[0][-1], _model_log_probs(model, text), atol=2e-5)
+
+
+def test_step_scores_follow_the_trajectory(gpt2):
+    from jaxattr.lens import add_step_scores
+    out = gpt2.attribute(["Kim has a red"], ["Kim has a red ball and Sam"],
+                         step_scores=["probability"], show_progress=False)
+    add_step_scores(out, gpt2)
+    view = out.sequence_attributions[0]
+    traj = logit_lens(gpt2, ["Kim has a red ball and Sam"], top_k=1)
+    pos = np.arange(view.attr_pos_start, view.attr_pos_end) - 1
+    n_rows = gpt2.config.n_layer + 1
+    # The last row is the model's own prediction: its probability is the step score's.
+    last = traj.stats[0]["target_prob"][-1, pos]
+    np.testing.assert_allclose(view.step_scores["probability"], last, rtol=1e-4)
+    np.testing.assert_allclose(view.step_scores["lens_kl.0"], traj.stats[0]["kl"][0, pos])
+    np.testing.assert_array_equal(view.step_scores["lens_first_top1_layer"],
+                                  traj.first_top1_layer(0)[pos])
+    assert len([k for k in view.step_scores if k.startswith("lens_kl.")]) == n_rows - 1

@@ -13,13 +13,13 @@ import numpy as np
 from ..encoding import InputError, _as_list, _strip_trailing_eos, pad_batch
 from .checkpoint import load_state, save_lens, save_state
 from .core import row_statistics
-from .data import StepBatches, pair_arrays, token_windows, with_lens_masks
+from .data import StepBatches, pair_arrays, token_rows, token_windows, with_lens_masks
 from .readout import model_source, state_sites
 from .train import TrainState, evaluate_lens, fit, tuned_lens_optimizer
 from .trajectory import LensTrajectory
 from .tuned import TunedLens
 
-__all__ = ["logit_lens", "train_tuned_lens", "evaluate_tuned_lens"]
+__all__ = ["logit_lens", "trajectory_of", "train_tuned_lens", "evaluate_tuned_lens"]
 
 
 @functools.partial(jax.jit, static_argnames=("top_k", "layer_chunk"))
@@ -96,12 +96,19 @@ def logit_lens(model, input_texts: Union[str, Sequence[str]],
     gens = _as_list(generated_texts, "generated_texts")
     if top_k < 1 or top_k > model.config.vocab_size:
         raise ValueError(f"top_k must be between 1 and the vocabulary size, got {top_k}.")
-    source = model_source(model)
+    seqs = _encode(model, texts, gens)
+    return trajectory_of(model, model_source(model), seqs, lens=lens, top_k=top_k, target=target,
+                         batch_size=batch_size, layer_chunk=layer_chunk)
+
+
+def trajectory_of(model, source, seqs, *, lens=None, top_k=10, target=None, batch_size=None,
+                  layer_chunk=4) -> LensTrajectory:
+    """:func:`logit_lens` over already encoded sequences (``EncodedSequence``; every
+    decoder-side position is read)."""
     if lens is not None and (lens.n_layers, lens.hidden) != (source.n_layers, source.hidden):
         raise ValueError(f"the tuned lens has {lens.n_layers} layers of width {lens.hidden}; "
                          f"this model has {source.n_layers} of width {source.hidden}. Train "
                          "or load a lens for this model.")
-    seqs = _encode(model, texts, gens)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i].target_ids))
     bs = batch_size or len(seqs)
     per_seq: list = [None] * len(seqs)
@@ -140,19 +147,22 @@ def logit_lens(model, input_texts: Union[str, Sequence[str]],
         layer_chunk=layer_chunk, tokenizer=tok)
 
 
-def _training_arrays(model, data, seq_len: int) -> dict:
+def _training_arrays(model, data, seq_len: int, pack: bool = True) -> dict:
     if isinstance(data, str):
         raise InputError("texts_or_dataset is one string; pass a list of texts (or of "
                          "(source, target) pairs for an encoder-decoder model).")
     data = list(data)
     if model.is_encoder_decoder:
         return pair_arrays(model, data, seq_len)
+    if not pack:
+        return token_rows(model.tokenizer, data, seq_len)
     windows = token_windows(model.tokenizer, data, seq_len)
     return {"target_ids": windows, "target_mask": np.ones_like(windows)}
 
 
 def train_tuned_lens(model, texts_or_dataset, *, steps: int, tokens_per_step: int,
                      optimizer=None, seq_len: int = 128, batch_size: int = 8,
+                     pack: bool = True,
                      layer_chunk: Optional[int] = None, checkpoint_dir: Optional[str] = None,
                      checkpoint_every: int = 50, seed: int = 0,
                      show_progress: bool = True) -> tuple:
@@ -168,6 +178,9 @@ def train_tuned_lens(model, texts_or_dataset, *, steps: int, tokens_per_step: in
       optimizer: an optax transformation; default :func:`tuned_lens_optimizer` (SGD with
         Nesterov momentum, linear decay, weight decay, clipping), which resuming needs too.
       seq_len, batch_size: window length and windows per micro-batch.
+      pack: decoder-only: cut the concatenated texts into full windows (``True``, as the
+        tuned-lens package does) or read each text as its own padded row (``False``: short
+        texts a model was trained on one by one, e.g. the bundled toy models).
       layer_chunk: layers decoded at once in the loss (``None``: all, vmapped).
       checkpoint_dir: write ``state.msgpack`` every ``checkpoint_every`` steps and
         ``lens.safetensors`` at the end; an existing ``state.msgpack`` there is resumed.
@@ -183,7 +196,7 @@ def train_tuned_lens(model, texts_or_dataset, *, steps: int, tokens_per_step: in
                          f"{tokens_per_step}.")
     source = model_source(model)
     n_micro = max(1, math.ceil(tokens_per_step / (batch_size * seq_len)))
-    batches = StepBatches(_training_arrays(model, texts_or_dataset, seq_len),
+    batches = StepBatches(_training_arrays(model, texts_or_dataset, seq_len, pack),
                           batch_size=batch_size, n_micro=n_micro, seed=seed)
     optimizer = optimizer or tuned_lens_optimizer(steps)
     state = None
@@ -210,11 +223,13 @@ def train_tuned_lens(model, texts_or_dataset, *, steps: int, tokens_per_step: in
 
 
 def evaluate_tuned_lens(model, lens: TunedLens, texts_or_dataset, *, seq_len: int = 128,
-                        batch_size: int = 8, layer_chunk: Optional[int] = None) -> dict:
+                        batch_size: int = 8, pack: bool = True,
+                        layer_chunk: Optional[int] = None) -> dict:
     """Held-out per-layer KL to the model's output and next-token cross-entropy, tuned lens
-    against logit lens (see :func:`~jaxattr.lens.evaluate_lens`; nats per token)."""
+    against logit lens (see :func:`~jaxattr.lens.evaluate_lens`; nats per token). Texts are
+    read as :func:`train_tuned_lens` reads them (``seq_len``, ``pack``)."""
     source = model_source(model)
-    arrays = with_lens_masks(_training_arrays(model, texts_or_dataset, seq_len))
+    arrays = with_lens_masks(_training_arrays(model, texts_or_dataset, seq_len, pack))
     n = len(arrays["target_ids"])
     batches = ({k: jnp.asarray(v[i:i + batch_size]) for k, v in arrays.items()}
                for i in range(0, n, batch_size))

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..encoding import InputError
 
-__all__ = ["token_windows", "pair_arrays", "with_lens_masks", "StepBatches"]
+__all__ = ["token_windows", "token_rows", "pair_arrays", "with_lens_masks", "StepBatches"]
 
 
 def token_windows(tokenizer, texts: Iterable[str], seq_len: int) -> np.ndarray:
@@ -34,6 +34,25 @@ def token_windows(tokenizer, texts: Iterable[str], seq_len: int) -> np.ndarray:
         raise InputError(f"the texts hold {len(stream)} tokens, fewer than one window of "
                          f"seq_len={seq_len}; give more text or a shorter seq_len.")
     return np.asarray(stream[:n * seq_len], np.int32).reshape(n, seq_len)
+
+
+def token_rows(tokenizer, texts: Iterable[str], seq_len: int) -> dict:
+    """One text per row (with the tokenizer's special tokens, no trailing EOS, cut at
+    ``seq_len``), right-padded: ``{"target_ids", "target_mask"}`` ``[N, seq_len]``."""
+    from ..encoding import _strip_trailing_eos
+    rows = []
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text:
+            raise InputError(f"texts[{i}] must be a non-empty string.")
+        rows.append(_strip_trailing_eos(list(tokenizer(text)["input_ids"]), tokenizer)[:seq_len])
+    if not rows:
+        raise InputError("no training text given.")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = np.full((len(rows), seq_len), pad, np.int32)
+    mask = np.zeros((len(rows), seq_len), np.int32)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)], mask[r, :len(row)] = row, 1
+    return {"target_ids": ids, "target_mask": mask}
 
 
 def pair_arrays(model, pairs: Sequence, seq_len: int) -> dict:
