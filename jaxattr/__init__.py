@@ -29,6 +29,8 @@ from . import evaluate
 from . import context
 from .context import attribute_context
 from . import probing
+from . import lens
+from .lens import logit_lens
 from .io import ResultFileError, load
 from .targets import TargetBatch, get_target, register_target
 
@@ -52,4 +54,7 @@ __all__ = [
     "InputError", "UnsupportedModelError",
     # submodules
     "methods", "targets", "aggregate", "io", "zoo", "probing", "evaluate",
+    "methods", "targets", "aggregate", "io", "zoo", "evaluate", "lens",
+    # analyses
+    "logit_lens",
 ]
