@@ -53,8 +53,7 @@ __all__ = [
     # errors
     "InputError", "UnsupportedModelError",
     # submodules
-    "methods", "targets", "aggregate", "io", "zoo", "probing", "evaluate",
-    "methods", "targets", "aggregate", "io", "zoo", "evaluate", "lens",
+    "methods", "targets", "aggregate", "io", "zoo", "probing", "evaluate", "lens",
     # analyses
     "logit_lens",
 ]
