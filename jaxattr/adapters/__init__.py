@@ -1,6 +1,8 @@
 """Adapters: Hugging Face Flax models as pure functions of token embeddings."""
 from .adapter import ModelAdapter, UnknownEmbeddingPathError, make_adapter, seen_embedding_paths
+from .architectures import ARCHITECTURES, Architecture, StackPaths, architecture_for
 from .embeddings import EMBEDDING_PATHS, embedding_paths_for
 
 __all__ = ["ModelAdapter", "UnknownEmbeddingPathError", "make_adapter", "seen_embedding_paths",
-           "EMBEDDING_PATHS", "embedding_paths_for"]
+           "EMBEDDING_PATHS", "embedding_paths_for", "ARCHITECTURES", "Architecture",
+           "StackPaths", "architecture_for"]

@@ -47,7 +47,7 @@ class ActivationCache:
         return name in self.values
 
     def keys(self):
-        """The captured site names, in the model's order."""
+        """The captured site names (a dict pytree: in sorted order)."""
         return self.values.keys()
 
     def mask_of(self, name: str) -> jax.Array:
