@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from .sites import SiteError, parse_site
+from .sites import SiteError, parse_site, resolve_sites
 
 __all__ = ["ActivationCache", "run_sites"]
 
@@ -82,13 +82,16 @@ def run_sites(model: Any, *, target_ids: jax.Array, target_mask: jax.Array,
       model: a backend (:class:`~jaxattr.internals.ModelFunctions`).
       target_ids, target_mask, source_ids, source_mask: right-padded ``[B, L]`` arrays.
       capture: resolved site names to return.
-      patch: ``{site or glob: fn or array}``; an array replaces the site's value (traced, so
+      patch: ``{site or glob: fn or array}`` (globs expanded here, so every backend sees
+        names); an array replaces the site's value (traced, so
         new values never recompile), a function ``value -> value`` is traced in (a new
         function object compiles anew).
       delta: ``{site: array}`` added to the site's value.
       jit: compile (default) or run eagerly.
     """
-    patch = dict(patch or {})
+    available = model.sites()
+    patch = {name: value for key, value in (patch or {}).items()
+             for name in resolve_sites(key, available, allow_raw=True, patchable=True)}
     fns = tuple(sorted(((k, v) for k, v in patch.items() if callable(v)), key=lambda kv: kv[0]))
     values = {k: v for k, v in patch.items() if not callable(v)}
     fn = _run_jit if jit else _run
