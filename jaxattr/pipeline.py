@@ -183,6 +183,38 @@ def resolve_layer(adapter: ModelAdapter, layer) -> Optional[tuple]:
 _POINT_GRADIENT_METHODS = (saliency, input_x_gradient)
 
 
+def _attributed_inputs(adapter, batch, baseline, run, emb: dict, all_embeds: dict, *,
+                       layer, takes_baseline: bool) -> tuple:
+    """``(x, forward, base_x)``: what the method attributes, the forward as a function of
+    it, and its baseline.
+
+    Embeddings, or layer attribution: the activation at each site, the score a function of
+    it through the rest of the network. One site: its output is replaced by x. Several
+    (gradient at the clean point only): each output o becomes o + (x - stop_gradient(o)),
+    the same value, and the backward reaches every site with all downstream paths intact, so
+    one VJP gives every site's gradient.
+    """
+    if layer is None:
+        def forward(xd, dropout_rng=None):
+            return run(xd, dropout_rng=dropout_rng)
+
+        return emb, forward, (_baseline(adapter, batch, baseline, emb) if takes_baseline
+                              else None)
+
+    def forward(xd, dropout_rng=None):
+        if len(layer) == 1:
+            patch = {layer[0]: lambda _: xd[layer[0]]}
+        else:
+            patch = {n: (lambda o, v=xd[n]: o + (v - jax.lax.stop_gradient(o))) for n in layer}
+        return run({}, patch=patch, dropout_rng=dropout_rng)
+
+    x = run({}, capture=layer)["captured"]
+    base_x = None
+    if takes_baseline:
+        base_x = run(_baseline(adapter, batch, baseline, all_embeds), capture=layer)["captured"]
+    return x, forward, base_x
+
+
 def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, method, method_kwargs,
                     target_fn, target_kwargs, step_fns, attribute_source, attribute_target,
                     contrast_forward=False, n_dropout=0, dropout_seed=0, layer=None,
@@ -223,36 +255,12 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
             return_head=split)
 
     takes_baseline = "baseline" in inspect.signature(method).parameters
-    if layer is None:
-        x = emb
-
-        def forward(xd, dropout_rng=None):
-            return run(xd, dropout_rng=dropout_rng)
-
-        base_x = _baseline(adapter, batch, baseline, x) if takes_baseline else None
-    else:
-        # Layer attribution: the attributed input is the activation at each site; the score
-        # is a function of it through the rest of the network. One site: its output is
-        # replaced by x. Several (gradient at the clean point only): each output o becomes
-        # o + (x - stop_gradient(o)), the same value, and the backward reaches every site
-        # with all downstream paths intact, so one VJP gives every site's gradient.
+    all_embeds = ({"source": src_embeds, "target": tgt_embeds} if adapter.is_encoder_decoder
+                  else {"target": tgt_embeds})
+    x, forward, base_x = _attributed_inputs(adapter, batch, baseline, run, emb, all_embeds,
+                                            layer=layer, takes_baseline=takes_baseline)
+    if layer is not None:
         side = _site_side(layer[0])
-        x = run({}, capture=layer)["captured"]
-
-        def forward(xd, dropout_rng=None):
-            if len(layer) == 1:
-                patch = {layer[0]: lambda _: xd[layer[0]]}
-            else:
-                patch = {n: (lambda o, v=xd[n]: o + (v - jax.lax.stop_gradient(o)))
-                         for n in layer}
-            return run({}, patch=patch, dropout_rng=dropout_rng)
-
-        base_x = None
-        if takes_baseline:
-            base_emb = _baseline(adapter, batch, baseline,
-                                 {"source": src_embeds, "target": tgt_embeds}
-                                 if adapter.is_encoder_decoder else {"target": tgt_embeds})
-            base_x = run(base_emb, capture=layer)["captured"]
         attribute_source, attribute_target = side == "source", side == "target"
 
     def step_logits_of(xd, dropout_rng=None):
