@@ -59,7 +59,8 @@ def probe_figure(res, *, figsize=None, title=None):
         if res.control_compression is not None:
             axes[1].plot(x, res.control_compression, "s--", color="C4",
                          label="control compression")
-        axes[1].set_ylabel("compression (×)")
+        axes[1].set_yscale("log")
+        axes[1].set_ylabel("compression (×, log)")
         axes[1].legend(fontsize=7, loc="best")
     axes[-1].set_xticks(x, list(res.layers), rotation=45, ha="right")
     axes[-1].set_xlabel("layer")
