@@ -127,7 +127,7 @@ def main():
         for name, model in (("flax", legacy), ("native", native)):
             res[name] = measure(model, prompts, texts, method, **kw)
         a, b = (np.concatenate([np.nan_to_num(s.target_attributions).ravel()
-                                for s in res[k][2].sequence_attributions]) for k in res)
+                                for s in res[k][3].sequence_attributions]) for k in res)
         err = np.abs(a - b).max() / np.abs(a).max()
         for name, (flops, t, c, _) in res.items():
             rows.append((method, name, flops, t, c, err))
