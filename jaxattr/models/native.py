@@ -86,8 +86,11 @@ class NativeDecoder(struct.PyTreeNode):
             if site_value is not None:
                 value = site_value
                 patch[legacy] = lambda v: value.astype(v.dtype)
-        for name in list(patch) + list(delta):
-            resolve_sites(name, avail, patchable=True)
+        # glob keys ("blocks.*.mlp_out") apply to every site they match
+        patch = {n: fn for key, fn in patch.items()
+                 for n in resolve_sites(key, avail, patchable=True)}
+        delta = {n: d for key, d in delta.items()
+                 for n in resolve_sites(key, avail, patchable=True)}
         if output_attentions:
             capture = tuple(dict.fromkeys(capture + tuple(
                 f"blocks.{l}.attn_pattern" for l in range(spec.n_layers))))
