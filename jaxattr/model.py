@@ -707,6 +707,19 @@ def completeness(view) -> tuple:
     return delta, total - delta
 
 
+def _pad_rows(rows, pad_id, *, left):
+    """``(ids[N, L], mask[N, L])`` int32 arrays of ``rows`` padded to the longest one."""
+    n = max(len(r) for r in rows)
+    ids = np.full((len(rows), n), pad_id, np.int32)
+    mask = np.zeros((len(rows), n), np.int32)
+    for i, r in enumerate(rows):
+        if left:
+            ids[i, n - len(r):], mask[i, n - len(r):] = r, 1
+        else:
+            ids[i, :len(r)], mask[i, :len(r)] = r, 1
+    return ids, mask
+
+
 def _check_generation_room(n_prompt: int, gen: dict, max_positions, i: int) -> None:
     """A decoder-only prompt plus ``max_new_tokens`` must fit the model's positions."""
     new = gen.get("max_new_tokens")

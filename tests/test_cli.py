@@ -97,7 +97,9 @@ def test_dataset_survives_a_real_kill(model_dir, tmp_path):
     src.write_text("".join(json.dumps(r) + "\n" for r in lines))
     cmd = [sys.executable, "-m", "jaxattr.cli", "attribute-dataset", "--model", model_dir,
            "--input-file", str(src), "--input-field", "p", "--generated-field", "g",
-           "--output", str(out), "--batch-size", "2", "--no-progress"]
+           "--output", str(out), "--batch-size", "2", "--no-progress",
+           # enough work per batch (~0.1-1 s) that the kill lands mid-run even on a busy machine
+           "--method", "integrated_gradients", "--n-steps", "48"]
     proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:

@@ -206,7 +206,7 @@ def test_gradient_shap_samples_baselines_from_a_set():
 
 
 def test_contrastive_results_carry_and_show_the_foil(gpt2, tmp_path):
-    prompt, full, foil = "The cat", "The cat sat on the mat", "The cat ran on the rug"
+    prompt, full, foil = "The cat", "The cat sat on the mat", "The cat sat on the cat"
     out = gpt2.attribute(prompt, full, attributed_fn="contrast_prob_diff",
                          contrast_targets=foil, show_progress=False)
     seq = out[0]
@@ -217,9 +217,9 @@ def test_contrastive_results_carry_and_show_the_foil(gpt2, tmp_path):
     gen = tok.tokenize(full)[n_prompt:]
     assert seq.generated_labels == [t if f == t else f"{f} → {t}"
                                     for f, t in zip(expected, gen)]
-    assert "Ġran → Ġsat" in seq.generated_labels
-    assert "Ġran → Ġsat" in out.to_text(color=False)
-    assert "Ġran → Ġsat" in out.to_html()
+    assert seq.generated_labels[-2:] == ["Ġc → Ġm", "at"]  # same token: no foil shown
+    assert "Ġc → Ġm" in out.to_text(color=False)
+    assert "Ġc → Ġm" in out.to_html()
     out.save(tmp_path / "c.json")
     assert jaxattr.load(tmp_path / "c.json")[0].foil_tokens == expected
     # without a contrast there is no foil

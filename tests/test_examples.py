@@ -74,6 +74,29 @@ def check_attribute_dataset(out, tmp):
     assert [r["index"] for r in rows if "error" in r] == [12]
 
 
+def check_pecore_demo(out, tmp):
+    rows = _find(rf"\| (\w+) \| (\w+) \| {NUM}% \| {NUM}% \| {NUM}% \|", out)
+    assert len(rows) == 3
+    for _, _, hit, prec, top1 in rows:
+        assert all(0 <= float(v) <= 100 for v in (hit, prec, top1))
+    # CTI (kl_divergence, the same threshold) does not depend on the CCI method: one hit rate
+    assert len({(hit, prec) for _, _, hit, prec, _ in rows}) == 1
+
+
+def check_probing_gender(out, tmp):
+    (emb, stereo), = [(float(a), float(b)) for a, b in _find(
+        rf"encoder.embed reads the stereotype only: accuracy {NUM}, majority gender of the "
+        rf"occupation {NUM}", out)]
+    (last, dec_emb, chance), = [(float(a), float(b), float(c)) for a, b, c in _find(
+        rf": {NUM}; decoder.embed: {NUM} \(chance {NUM}\)", out)]
+    assert abs(emb - stereo) < 0.02              # the occupation's embedding: its stereotype
+    assert last >= 0.99 and dec_emb <= chance + 0.02
+    assert os.path.exists(os.path.join(tmp, "probe.json"))
+
+
+ARGS = {"quickstart.py": ["--out", "{tmp}"], "attribute_dataset.py": ["--out", "{tmp}"],
+        "probing_gender.py": ["--out", "{tmp}"], "pecore_demo.py": ["--n", "40"]}
+
 CHECKS = {name[len("check_"):] + ".py": fn for name, fn in globals().items()
           if name.startswith("check_")}
 
@@ -86,8 +109,7 @@ def test_every_example_is_checked():
 @pytest.mark.parametrize("name", sorted(CHECKS))
 def test_example_runs(name, tmp_path):
     args = [sys.executable, os.path.join(ROOT, "examples", name)]
-    if name in ("quickstart.py", "attribute_dataset.py"):
-        args += ["--out", str(tmp_path)]
+    args += [a.format(tmp=tmp_path) for a in ARGS.get(name, [])]
     res = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     CHECKS[name](res.stdout, str(tmp_path))
