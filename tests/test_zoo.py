@@ -20,7 +20,7 @@ def mt():
 
 
 def test_registry():
-    assert set(zoo.BUNDLED) == {"toy-recall", "toy-mt"}
+    assert set(zoo.BUNDLED) == {"toy-recall", "toy-mt", "toy-context"}
     for name in zoo.BUNDLED:
         card = zoo.card(name)
         assert card.startswith(f"# {name}")
@@ -157,3 +157,14 @@ def test_plausibility_benchmark_on_toy_recall():
     _, _, _, _, ig_sum_top1, _, ig_not_converged, n = by_method["integrated_gradients"]
     assert n == 40 and ig_not_converged == 0 and ig_sum_top1 >= 80
     assert np.isnan(by_method["attention"][4])    # attention has no hidden axis to sum
+
+
+def test_context_pronoun_accuracy():
+    """toy-context: the greedy pronoun after context + prompt is the context's gender's."""
+    from jaxattr.zoo.context_task import context_examples, pronoun_tokens
+    model = jaxattr.load_model("toy-context")
+    ex = context_examples(64, seed=FRESH_SEED)
+    outs = model.generate([f"{e['input_context_text']} {e['input_current_text']}" for e in ex],
+                          max_new_tokens=1)
+    got = [o.split()[-1] for o in outs]
+    assert np.mean(np.array(got) == np.array(pronoun_tokens(ex))) >= 0.98

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 from typing import Any, Optional, Sequence, Union
 
 import jax
@@ -614,7 +615,7 @@ def per_row_contrast(target_fn):
                                   contrast_mask=jnp.minimum(batch.contrast_mask, 1.0))
         return target_fn(logits, batch, **kwargs)
     fn.__name__ = getattr(target_fn, "__name__", "target")
-    fn.__signature__ = __import__("inspect").signature(target_fn)
+    fn.__signature__ = inspect.signature(target_fn)
     fn.needs = target_needs(target_fn)
     return fn
 
@@ -649,7 +650,6 @@ def _run_cci(model, examples: list, rows: list) -> list:
             forced = np.array([r.forced for r in rows], np.float32)[:, None]
             arrays["contrast_step_mask"] = arrays["contrast_step_mask"] * (1.0 + forced)
             target_fn = per_row_contrast(target_fn)
-    import inspect
     takes_baseline = "baseline" in inspect.signature(method).parameters
     if takes_baseline:
         arrays.update(model._baseline_ids(arrays, "unk"))
