@@ -840,19 +840,6 @@ def _kwarg(fn, given: dict, name: str):
     return int(inspect.signature(fn).parameters[name].default)
 
 
-def _pad_rows(rows, pad_id, *, left):
-    """``(ids, mask)`` ``[len(rows), longest]`` int32, padded on the left or the right."""
-    n = max(len(r) for r in rows)
-    ids = np.full((len(rows), n), pad_id, np.int32)
-    mask = np.zeros((len(rows), n), np.int32)
-    for i, r in enumerate(rows):
-        if left:
-            ids[i, n - len(r):], mask[i, n - len(r):] = r, 1
-        else:
-            ids[i, :len(r)], mask[i, :len(r)] = r, 1
-    return ids, mask
-
-
 def _is_native_checkpoint(path: str) -> bool:
     """A local directory whose ``config.json`` names a native family and that holds
     safetensors weights."""
