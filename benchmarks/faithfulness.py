@@ -51,8 +51,11 @@ def main(argv=None):
                                show_progress=False)
 
     out, attr_cold = _timed(attribute)
+    print(f"saliency cold {attr_cold:.2f} s", flush=True)
     _, attr_warm = _timed(attribute)
+    print(f"saliency warm {attr_warm:.2f} s", flush=True)
     res, eval_cold = _timed(lambda: faithfulness(model, out, max_tokens=args.max_tokens))
+    print(f"faithfulness cold {eval_cold:.2f} s", flush=True)
     _, eval_warm = _timed(lambda: faithfulness(model, out, max_tokens=args.max_tokens))
     n_rows, tokens = res.info["n_forwards"], res.info["forward_tokens"]
     L, T = 32, 16
