@@ -208,7 +208,7 @@ def to_html(x, *, full_page: bool = True, title: Optional[str] = None, digits: i
     """
     uid = uid or f"ja{os.getpid() % 10000}x{next(_COUNTER)}"
     title = "jaxattr attributions" if title is None else title
-    seqs = [(i, prepared(s, aggregate)) for i, s in sequences_of(x)]
+    seqs = [(i, prepared(s, aggregate)) for i, s in sequences_of(x, aggregate)]
     n_cols = max([len(s.generated) for _, s in seqs] + [0])
     body = [f'<div class="ja-root" id="{_esc(uid)}">', f"<h1>{_esc(title)}</h1>"]
     meta = header_of(x)
