@@ -14,6 +14,7 @@ Models::
 __version__ = "0.1.0"
 
 from . import _compat, aggregate, methods, targets, zoo
+_compat.silence_flax_deprecation()
 from ._cache import enable_compilation_cache
 from .adapters import ModelAdapter, make_adapter
 from .encoding import InputError

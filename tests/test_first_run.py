@@ -203,3 +203,19 @@ def test_contrastive_default_view_is_signed(gpt2):
     seen = ~np.isnan(out[0].target_attributions[:, 0, 0])   # rows already generated
     np.testing.assert_allclose(col[seen], raw[seen] / np.abs(raw[seen]).sum(), rtol=1e-5)
     assert (col[seen] < 0).any() and (col[seen] > 0).any()
+
+
+# ------------------------------------------------------------------ noise
+def test_no_deprecation_warning_or_blank_lines_but_real_warnings_stay():
+    import subprocess
+    import sys
+    code = ("import logging, jaxattr\n"
+            "from jaxattr.testing import make_model\n"
+            "make_model('gpt2')\n"
+            "logging.getLogger('transformers.modeling_flax_utils').warning('a real warning')\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=300, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout == ""                                  # no trainer progress lines
+    assert "deprecated" not in res.stderr
+    assert "a real warning" in res.stderr
