@@ -219,3 +219,15 @@ def test_no_deprecation_warning_or_blank_lines_but_real_warnings_stay():
     assert res.stdout == ""                                  # no trainer progress lines
     assert "deprecated" not in res.stderr
     assert "a real warning" in res.stderr
+
+
+# ------------------------------------------------------------------ packaging
+def test_license_is_an_spdx_expression():
+    import tomllib
+    from packaging.licenses import canonicalize_license_expression
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        meta = tomllib.load(f)
+    lic = meta["project"]["license"]
+    assert isinstance(lic, str) and canonicalize_license_expression(lic) == lic
+    assert not any(c.startswith("License ::") for c in meta["project"].get("classifiers", []))
+    assert "setuptools>=77" in meta["build-system"]["requires"]    # first to read PEP 639
