@@ -231,3 +231,43 @@ def test_license_is_an_spdx_expression():
     assert isinstance(lic, str) and canonicalize_license_expression(lic) == lic
     assert not any(c.startswith("License ::") for c in meta["project"].get("classifiers", []))
     assert "setuptools>=77" in meta["build-system"]["requires"]    # first to read PEP 639
+
+
+# ------------------------------------------------------------------ HTML report
+def _view(source, target_rows):
+    from jaxattr.results import SequenceAttribution
+    tgt = np.array(target_rows, np.float32)
+    return SequenceAttribution(
+        source=["a", "b"] if source is not None else None, target=["<pad>", "x", "y"],
+        source_attributions=None if source is None else np.array(source, np.float32),
+        target_attributions=tgt, step_scores={}, attr_pos_start=1, attr_pos_end=3)
+
+
+def _legend_ends(page):
+    m = re.search(r'class="ja-legend"><span>([^<]*)</span>.*?<span>([^<]*)</span>', page)
+    return float(m.group(1)), float(m.group(2))
+
+
+def test_html_generated_tokens_are_underlined():
+    from jaxattr.render import to_html
+    page = to_html(_view([[0.1, 0.2], [0.3, 0.1]], [[0.2, 0.1], [0.1, 0.3], [np.nan, 0.4]]))
+    css = re.search(r"\.ja-g\{[^}]*\}", page).group(0)
+    assert "text-decoration:underline" in css
+    assert page.count('class="ja-t ja-g ') == 2                 # both generated tokens
+
+
+def test_html_sequential_scale_for_nonnegative_values():
+    from jaxattr.render import to_html
+    pos = to_html(_view([[0.1, 0.2], [0.3, 0.1]], [[0.0, 0.1], [0.1, 0.3], [np.nan, 0.4]]))
+    assert "sequential colour scale" in pos and _legend_ends(pos) == (0.0, 0.4)
+    signed = to_html(_view([[-0.1, 0.2], [0.3, 0.1]], [[0.0, 0.1], [0.1, 0.3], [np.nan, 0.4]]))
+    assert "symmetric around 0" in signed and _legend_ends(signed) == (-0.4, 0.4)
+
+
+def test_html_decoder_start_token_out_of_the_scale():
+    from jaxattr.render import to_html
+    view = _view([[0.1, 0.2], [0.3, 0.1]], [[5.0, 4.0], [0.1, 0.3], [np.nan, 0.4]])
+    assert _legend_ends(to_html(view))[1] == 0.4              # largest outside row 0
+    assert _legend_ends(to_html(view, include_decoder_start=True))[1] == 5.0
+    decoder_only = _view(None, [[5.0, 4.0], [0.1, 0.3], [np.nan, 0.4]])
+    assert _legend_ends(to_html(decoder_only))[1] == 5.0      # row 0 is a real input there
