@@ -271,3 +271,22 @@ def test_html_decoder_start_token_out_of_the_scale():
     assert _legend_ends(to_html(view, include_decoder_start=True))[1] == 5.0
     decoder_only = _view(None, [[5.0, 4.0], [0.1, 0.3], [np.nan, 0.4]])
     assert _legend_ends(to_html(decoder_only))[1] == 5.0      # row 0 is a real input there
+
+
+# ------------------------------------------------------------------ training scripts
+def test_training_script_writes_a_new_folder_and_is_reproducible(tmp_path):
+    import subprocess
+    import sys
+    script = os.path.join(ROOT, "examples", "train_toy_mt.py")
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    args = ["--steps", "6", "--batch", "8", "--n-eval", "8"]
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        res = subprocess.run([sys.executable, script, *args], cwd=tmp_path / d, env=env,
+                             capture_output=True, text=True, timeout=600)
+        assert res.returncode == 0, res.stderr[-2000:]
+    a, b = (tmp_path / d / "toy-mt-retrained" / "flax_model.msgpack" for d in "ab")
+    assert a.read_bytes() == b.read_bytes()                  # bit-identical on one machine
+    again = subprocess.run([sys.executable, script, *args], cwd=tmp_path / "a", env=env,
+                           capture_output=True, text=True, timeout=600)
+    assert again.returncode != 0 and "--overwrite" in again.stderr   # never overwrites
