@@ -55,12 +55,16 @@ def run(code: str, env: dict) -> tuple:
 
 
 def timed(code: str) -> str:
-    """``code`` followed by a JSON line of the timings it stored in ``T``."""
-    return ("import time, json\nT = {}\n" + code + "\nprint('@@' + json.dumps(T))\n")
+    """``code`` followed by a JSON line of the timings it stored in ``T``: lines
+    ``t = clock()`` ... ``T[key] = since(t)`` record ``(wall, CPU)`` seconds."""
+    return ("import time, json\nT = {}\n"
+            "clock = lambda: (time.perf_counter(), time.process_time())\n"
+            "since = lambda t: (time.perf_counter() - t[0], time.process_time() - t[1])\n"
+            + code + "\nprint('@@' + json.dumps(T))\n")
 
 
-def inner(stdout: str) -> dict:
-    return json.loads(stdout.rsplit("@@", 1)[1])
+def inner(stdout: str, key: str = "s") -> tuple:
+    return tuple(json.loads(stdout.rsplit("@@", 1)[1])[key])
 
 
 def main() -> None:
@@ -78,39 +82,39 @@ def main() -> None:
     rows.append(("first command, cold (empty compilation cache)", wall, cpu))
     wall, cpu, _ = run(cli, env)
     rows.append(("first command, disk cache (new process)", wall, cpu))
-    _, _, out = run(timed(cli + "t = time.perf_counter()\n" + cli +
-                          "T['again'] = time.perf_counter() - t\n"), env)
-    rows.append(("first command, in process (second call)", inner(out)["again"], None))
+    _, _, out = run(timed(cli + "t = clock()\n" + cli +
+                          "T['again'] = since(t)\n"), env)
+    rows.append(("first command, in process (second call)", *inner(out, "again")))
 
     env_fresh = dict(env, JAXATTR_CACHE_DIR=tempfile.mkdtemp(prefix="jaxattr-xla-"))
     for name in ("toy-recall", "toy-mt"):
-        code = timed("import jaxattr\nt = time.perf_counter()\n"
-                     f"jaxattr.load_model({name!r})\nT['s'] = time.perf_counter() - t\n")
-        rows.append((f"load_model({name!r})", inner(run(code, env_fresh)[2])["s"], None))
+        code = timed("import jaxattr\nt = clock()\n"
+                     f"jaxattr.load_model({name!r})\nT['s'] = since(t)\n")
+        rows.append((f"load_model({name!r})", *inner(run(code, env_fresh)[2])))
         code = timed(
             "import jaxattr\nfrom jaxattr.loading import _auto_classes\n"
             "from transformers import AutoConfig\n"
             f"p = jaxattr.zoo.path({name!r})\nc = AutoConfig.from_pretrained(p)\n"
             "auto = _auto_classes()[1 if c.is_encoder_decoder else 0]\n"
-            "t = time.perf_counter()\nauto.from_pretrained(p)\n"
-            "T['s'] = time.perf_counter() - t\n")
+            "t = clock()\nauto.from_pretrained(p)\n"
+            "T['s'] = since(t)\n")
         rows.append((f"  transformers from_pretrained({name!r}), random init first",
-                     inner(run(code, env_fresh)[2])["s"], None))
+                     *inner(run(code, env_fresh)[2])))
 
     prompt = "Kim's red ball. Sam's blue cup. Sam's"
     gen = timed(
-        "import jaxattr\nm = jaxattr.load_model('toy-recall')\nt = time.perf_counter()\n"
-        f"m.generate({prompt!r}, max_new_tokens=3)\nT['s'] = time.perf_counter() - t\n")
+        "import jaxattr\nm = jaxattr.load_model('toy-recall')\nt = clock()\n"
+        f"m.generate({prompt!r}, max_new_tokens=3)\nT['s'] = since(t)\n")
     rows.append(("generate 3 tokens (jaxattr greedy, compile included)",
-                 inner(run(gen, env_fresh)[2])["s"], None))
+                 *inner(run(gen, env_fresh)[2])))
     hf = timed(
         "import jaxattr, numpy as np\nm = jaxattr.load_model('toy-recall')\n"
         f"ids = np.asarray([m.tokenizer({prompt!r})['input_ids'][:-1]], np.int32)\n"
-        "t = time.perf_counter()\n"
+        "t = clock()\n"
         "m.hf_model.generate(ids, params=m.params, max_new_tokens=3, pad_token_id=0)"
-        ".sequences.block_until_ready()\nT['s'] = time.perf_counter() - t\n")
+        ".sequences.block_until_ready()\nT['s'] = since(t)\n")
     rows.append(("  Flax generate 3 tokens (compile included)",
-                 inner(run(hf, env_fresh)[2])["s"], None))
+                 *inner(run(hf, env_fresh)[2])))
 
     load1 = os.getloadavg()[0]
     print(f"README first command: jaxattr {' '.join(argv)}")
