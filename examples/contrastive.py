@@ -35,7 +35,7 @@ with warnings.catch_warnings():
 for seq, answer, foil in zip(out.aggregate().sequence_attributions, answers, foils):
     col = np.nan_to_num(seq.target_attributions[:, 0])
     pro, con = np.argsort(-col)[:2], np.argsort(col)[:1]
-    print(f"{answer!r} rather than {foil!r}: for {answer!r}: "
+    print(f"{answer!r} rather than {foil!r}: top input tokens "
           + ", ".join(f"{seq.target[i]!r} ({col[i]:+.2f})" for i in pro)
           + f"; for {foil!r}: " + ", ".join(f"{seq.target[i]!r} ({col[i]:+.2f})" for i in con))
 for seq in out.sequence_attributions:
