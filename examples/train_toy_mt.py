@@ -8,7 +8,7 @@ source, and the corpus has an occupational gender skew (``skew`` = 0.8 stereotyp
 makes it a miniature of the gender-bias case study of the Inseq paper. Held-out accuracy is
 greedy exact match. Runs in a few minutes on 2 CPU cores, deterministic given ``--seed``::
 
-    python examples/train_toy_mt.py                     # writes jaxattr/zoo/toy-mt/
+    python examples/train_toy_mt.py                     # writes ./toy-mt-retrained/
     python examples/train_toy_mt.py --out /tmp/mt --steps 500
 """
 from __future__ import annotations
@@ -21,7 +21,6 @@ import numpy as np
 
 from jaxattr.zoo import tasks
 
-ZOO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "jaxattr", "zoo")
 SRC_LEN = 7           # longest source: 6 words + </s>
 TGT_LEN = 8           # longest target: 7 words + </s>
 EVAL_SEED_OFFSET = 1_000_003
@@ -110,8 +109,15 @@ def main(argv=None):
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--skew", type=float, default=0.8)
     ap.add_argument("--n-eval", type=int, default=2000)
-    ap.add_argument("--out", default=os.path.normpath(os.path.join(ZOO, "toy-mt")))
+    ap.add_argument("--out", default="toy-mt-retrained",
+                    help="output directory, new or empty (default: ./toy-mt-retrained); the "
+                         "bundled model in jaxattr/zoo/ is replaced only with --overwrite")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="write into an existing, non-empty directory (e.g. jaxattr/zoo/toy-mt)")
     args = ap.parse_args(argv)
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+        ap.error(f"--out {args.out} exists and is not empty; choose a new directory or pass "
+                 "--overwrite (the bundled model is jaxattr/zoo/toy-mt).")
 
     import jax
     import optax

@@ -10,7 +10,7 @@ few hundred steps; without them a model this small sits at chance on recall for 
 steps. Held-out accuracy is greedy next token = the right colour. Runs in a few minutes on 2
 CPU cores and is deterministic given ``--seed``::
 
-    python examples/train_toy_recall.py                 # writes jaxattr/zoo/toy-recall/
+    python examples/train_toy_recall.py                 # writes ./toy-recall-retrained/
     python examples/train_toy_recall.py --out /tmp/recall --steps 500
 """
 from __future__ import annotations
@@ -23,7 +23,6 @@ import numpy as np
 
 from jaxattr.zoo import tasks
 
-ZOO = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "jaxattr", "zoo")
 MAX_LEN = 32          # 3 facts + 3 queries: 1 + 12 + 12 tokens + EOS; repeats: 1 + 2 * 15
 EVAL_SEED_OFFSET = 1_000_003
 
@@ -123,8 +122,15 @@ def main(argv=None):
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--n-eval", type=int, default=2000)
     ap.add_argument("--log-every", type=int, default=250)
-    ap.add_argument("--out", default=os.path.normpath(os.path.join(ZOO, "toy-recall")))
+    ap.add_argument("--out", default="toy-recall-retrained",
+                    help="output directory, new or empty (default: ./toy-recall-retrained); the "
+                         "bundled model in jaxattr/zoo/ is replaced only with --overwrite")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="write into an existing, non-empty directory (e.g. jaxattr/zoo/toy-recall)")
     args = ap.parse_args(argv)
+    if os.path.isdir(args.out) and os.listdir(args.out) and not args.overwrite:
+        ap.error(f"--out {args.out} exists and is not empty; choose a new directory or pass "
+                 "--overwrite (the bundled model is jaxattr/zoo/toy-recall).")
 
     import jax
     import optax

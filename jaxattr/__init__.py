@@ -14,6 +14,7 @@ Models::
 __version__ = "0.1.0"
 
 from . import _compat, aggregate, methods, targets, zoo
+_compat.silence_flax_deprecation()
 from ._cache import enable_compilation_cache
 from .adapters import ModelAdapter, make_adapter
 from .encoding import InputError
@@ -21,6 +22,7 @@ from .loading import UnsupportedModelError, supported_architectures
 from .methods import input_x_gradient, integrated_gradients, per_output_grads, saliency
 from .methods import (gradient_shap, occlusion, sequential_integrated_gradients, smoothgrad,
                       smoothgrad_sq, vargrad)
+from .catalog import list_methods, list_targets
 from .model import AttributionModel, load_model
 from .pipeline import ModelBatch, attribute_batch
 from .results import AttributionOutput, BatchAttribution, SequenceAttribution
@@ -41,7 +43,7 @@ __all__ = [
     "gradient_shap", "sequential_integrated_gradients", "occlusion",
     "smoothgrad", "smoothgrad_sq", "vargrad",
     # models
-    "load_model", "AttributionModel", "enable_compilation_cache", "ModelAdapter", "make_adapter", "supported_architectures",
+    "load_model", "AttributionModel", "list_methods", "list_targets", "enable_compilation_cache", "ModelAdapter", "make_adapter", "supported_architectures",
     "ModelBatch", "attribute_batch",
     # targets
     "TargetBatch", "get_target", "register_target",

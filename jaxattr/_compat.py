@@ -11,16 +11,40 @@ Fixes:
   (``_is_initialized`` is False), so :func:`attach_params` marks it initialised first; used to
   load PyTorch weights without transformers' random initialisation
   (:func:`jaxattr.loading.load_pt_without_init`).
+- transformers 4.x warns on every run that its Flax classes are deprecated; jaxattr pins
+  ``transformers<5`` for them, so that warning is not the user's business.
+  :func:`silence_flax_deprecation` drops exactly that message (every other transformers
+  warning still shows); applied when jaxattr is imported.
 """
 from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 import types
 
 import jax.numpy as jnp
 
-__all__ = ["apply", "jnp_with_legacy_clip", "attach_params", "PATCHED_MODULES"]
+__all__ = ["apply", "jnp_with_legacy_clip", "attach_params", "PATCHED_MODULES",
+           "silence_flax_deprecation", "FLAX_DEPRECATION"]
+
+FLAX_DEPRECATION = "TensorFlow and JAX classes are deprecated"
+# The transformers modules that emit it for Flax models and their tokenizers.
+_DEPRECATION_LOGGERS = ("transformers.modeling_flax_utils", "transformers.tokenization_utils_base",
+                        "transformers.feature_extraction_utils")
+
+
+def _not_flax_deprecation(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(FLAX_DEPRECATION)
+
+
+def silence_flax_deprecation() -> None:
+    """Drop transformers' "TensorFlow and JAX classes are deprecated" warning (only that
+    message, only on the loggers that emit it); idempotent."""
+    for name in _DEPRECATION_LOGGERS:
+        log = logging.getLogger(name)
+        if _not_flax_deprecation not in log.filters:
+            log.addFilter(_not_flax_deprecation)
 
 PATCHED_MODULES = (
     "transformers.models.t5.modeling_flax_t5",

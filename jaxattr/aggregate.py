@@ -39,7 +39,8 @@ import numpy as np
 
 __all__ = [
     # hidden-axis reductions (arrays)
-    "vnorm", "hidden_sum", "hidden_mean", "absmax", "REDUCTIONS",
+    "vnorm", "hidden_sum", "hidden_mean", "absmax", "REDUCTIONS", "default_aggregator",
+    "SIGNED_METHODS",
     # span reductions and step-score reductions
     "SPAN_REDUCTIONS", "STEP_SCORE_REDUCTIONS", "step_score_reduction",
     # composable operations on results
@@ -358,6 +359,34 @@ def normalize_columns(*parts):
     total = np.where(total == 0, 1.0, total)
     return tuple(None if p is None else p / total.reshape((1, -1) + (1,) * (p.ndim - 2))
                  for p in parts)
+
+
+# Methods whose attribution is a signed share of s(x) - s(baseline) (completeness), and
+# contrastive targets, whose sign says "for the output" or "for the alternative".
+SIGNED_METHODS = frozenset({"integrated_gradients", "layer_integrated_gradients",
+                            "gradient_shap", "occlusion", "sequential_integrated_gradients"})
+
+
+def default_aggregator(info: dict) -> str:
+    """The reduction :meth:`AttributionOutput.aggregate` uses when given none, from a run's
+    ``info``: ``"mean"`` (over layers and heads) for ``attention``; the signed ``"sum"`` where
+    the sign is the point — integrated gradients, gradient SHAP, occlusion (each token's share
+    of ``s(x) - s(baseline)``) and contrastive attributed functions (evidence for the output
+    against the alternative) unless the method is the unsigned saliency; ``"vnorm"`` (L2, as
+    in Inseq) otherwise."""
+    method = info.get("method")
+    if method == "attention":
+        return "mean"
+    if method in SIGNED_METHODS:
+        return "sum"
+    from .targets import TARGETS, target_needs
+    fn = TARGETS.get(info.get("attributed_fn"))
+    contrastive = fn is not None and bool(target_needs(fn) & {"contrast", "contrast_logits"})
+    unsigned = method in ("saliency", "layer_saliency", "smoothgrad", "smoothgrad_sq",
+                          "vargrad") and (info.get("method_kwargs") or {}).get("abs", True)
+    if contrastive and not unsigned:
+        return "sum"
+    return "vnorm"
 
 
 def aggregate_sequence(seq, aggregator: Any = None, *, normalize: bool = True):

@@ -173,7 +173,11 @@ def new_tokens(hf_model, adapter, prompts: Sequence[Sequence[int]], generation_a
     left-padded for decoder-only models, right-padded for encoder-decoder ones)."""
     args = dict(generation_args)
     args.setdefault("pad_token_id", pad_token_id)
-    spec = greedy_spec(hf_model.generation_config, args)
+    config = getattr(hf_model, "generation_config", None)
+    if config is None:     # jaxattr's native family: the checkpoint config's generation fields
+        from transformers import GenerationConfig
+        config = GenerationConfig.from_model_config(hf_model.config)
+    spec = greedy_spec(config, args)
     if spec is not None:
         return greedy_new_tokens(
             adapter, spec, prompts,

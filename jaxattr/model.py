@@ -15,6 +15,8 @@ from .adapters import make_adapter
 from .encoding import (EncodedSequence, InputError, _as_list, _check_length, _check_nonempty,
                        _resolve_span, _strip_trailing_eos, align_contrast, encode_decoder_only,
                        encode_encoder_decoder, pad_batch, pad_contrast)
+from .aggregate import default_aggregator
+from .catalog import LAYER_METHODS, list_methods
 from .generation import new_tokens
 from .methods import get_method, integrated_gradients
 from .methods._common import check_finite, count
@@ -27,10 +29,12 @@ __all__ = ["AttributionModel", "load_model", "completeness"]
 
 BASELINES = ("unk", "pad", "zeros")
 
-# Model-level names: layer methods are the gradient methods applied to a site's activation.
-LAYER_METHODS = {"layer_integrated_gradients": "integrated_gradients",
-                 "layer_gradient_x_activation": "input_x_gradient",
-                 "layer_saliency": "saliency"}
+# Keywords that belong in ``generation_args`` (checked when no method or target takes them).
+GENERATION_ARGS = frozenset({
+    "max_new_tokens", "max_length", "min_length", "min_new_tokens", "do_sample", "num_beams",
+    "temperature", "top_k", "top_p", "no_repeat_ngram_size", "repetition_penalty",
+    "eos_token_id", "pad_token_id", "forced_bos_token_id", "forced_eos_token_id"})
+
 
 
 def _hashable(value):
@@ -52,10 +56,13 @@ class AttributionModel:
       hf_model, tokenizer, config: the underlying objects.
       adapter: :class:`~jaxattr.adapters.ModelAdapter` (pure functions over the params).
       name: the checkpoint name or path.
+      attribution_method: the method ``attribute`` uses when given none (default
+        ``"saliency"``; Inseq's ``load_model(name, method)``).
     """
 
     def __init__(self, hf_model, tokenizer, *, name: Optional[str] = None,
-                 embedding_paths: Optional[dict] = None):
+                 embedding_paths: Optional[dict] = None,
+                 attribution_method: Union[str, Callable, None] = None):
         _compat.apply(getattr(hf_model.config, "model_type", None))
         self.hf_model = hf_model
         self.tokenizer = tokenizer
@@ -66,6 +73,7 @@ class AttributionModel:
             self.adapter = hf_model.functions
         else:
             self.adapter = make_adapter(hf_model, embedding_paths=embedding_paths)
+        self.attribution_method = attribution_method or "saliency"
 
     # ------------------------------------------------------------------ properties
     @property
@@ -293,7 +301,7 @@ class AttributionModel:
         input_texts: Union[str, Sequence[str]],
         generated_texts: Union[str, Sequence[str], None] = None,
         *,
-        method: Union[str, Callable] = "saliency",
+        method: Union[str, Callable, None] = None,
         attributed_fn: Union[str, Callable] = "probability",
         step_scores: Sequence[str] = (),
         attribute_target: bool = False,
@@ -319,8 +327,9 @@ class AttributionModel:
           generated_texts: forced outputs, one per input (decoder-only: the full text, which
             must start with the prompt). ``None`` generates them (greedy; ``generation_args``
             such as ``max_new_tokens`` are passed to ``generate``).
-          method: ``"saliency"``, ``"input_x_gradient"``, ``"integrated_gradients"`` or a
-            function ``method(score_fn, x, *, has_aux, ...)``.
+          method: a name from :func:`jaxattr.list_methods` (``"saliency"``,
+            ``"integrated_gradients"`` …) or a function ``method(score_fn, x, *, has_aux,
+            ...)``; ``None``: the model's ``attribution_method`` (default ``"saliency"``).
           attributed_fn: ``"probability"`` (default), ``"logprob"``, ``"logit"`` or a target
             function ``(logits[B,T,V], batch, **kw) -> [B, T]``.
           step_scores: names (or functions) of targets recorded per generated token.
@@ -399,8 +408,9 @@ class AttributionModel:
                 if plan.contrasts is not None and plan.info["contrast_targets"] is not None:
                     views[i] = dataclasses.replace(views[i], foil_tokens=self._foils(
                         plan.seqs[i], plan.contrasts[i], plan.alignments[i]))
-        if plan.info["method"] == "attention":  # reduce layers and heads by their mean
-            views = [dataclasses.replace(v, default_aggregator="mean") for v in views]
+        default = default_aggregator(plan.info)   # attention: mean over layers and heads;
+        if default != "vnorm":                     # signed runs: the sum over hidden
+            views = [dataclasses.replace(v, default_aggregator=default) for v in views]
         _warn_if_not_finite(views)
         if plan.info["granular"] or plan.info["aggregator"] == "sum":
             _warn_if_not_converged(views, plan.info)
@@ -449,6 +459,7 @@ class AttributionModel:
         """Host-side preparation of an ``attribute`` call: validation, tokenisation, routing of
         keyword arguments, batches, and the static arguments of the compiled pipeline."""
         kwargs = dict(kwargs)
+        method = self.attribution_method if method is None else method
         texts = _as_list(input_texts, "input_texts")
         if batch_size is not None:
             batch_size = count(batch_size, "batch_size")
@@ -466,6 +477,11 @@ class AttributionModel:
             if layer is not None:
                 raise ValueError("`layer` does not apply to method='attention'.")
             method_fn = "attention"
+        elif isinstance(method, str) and method not in list_methods():
+            raise ValueError(
+                f"Unknown attribution method {method!r}. Available: {list_methods()} "
+                "(jaxattr.list_methods()); or pass a function "
+                "`method(score_fn, x, *, has_aux, ...)`.")
         else:
             method_fn = get_method(LAYER_METHODS.get(method, method))
         target_fn = get_target(attributed_fn)
@@ -476,7 +492,16 @@ class AttributionModel:
         if method_fn != "attention":
             owners["method"] = method_fn
         owners.update({f"step:{name}": fn for name, fn in step_targets})
-        routed = split_kwargs(kwargs, owners)
+        try:
+            routed = split_kwargs(kwargs, owners)
+        except TypeError:
+            gen = sorted(set(kwargs) & GENERATION_ARGS)
+            if gen:
+                raise TypeError(
+                    f"{gen[0]!r} is a generation argument, used only when jaxattr generates the "
+                    f"outputs: pass generation_args={{{gen[0]!r}: ...}} (and no generated_texts)."
+                ) from None
+            raise
         step_fns = tuple((name, fn, _hashable(routed[f"step:{name}"]))
                          for name, fn in step_targets)
         fn_kwargs = [(target_fn, routed["attributed_fn"])] + [
@@ -851,8 +876,29 @@ def _is_native_checkpoint(path: str) -> bool:
     return bool(cfg) and cfg.get("model_type") in NATIVE_TYPES and has_safetensors(path)
 
 
-def load_model(name_or_path: Any, *, tokenizer: Any = None, dtype: Any = None,
-               embedding_paths: Optional[dict] = None, **model_kwargs) -> AttributionModel:
+def _bundled_or_hub(name: str) -> str:
+    """The directory of bundled model ``name``, or ``name`` itself when it can be a hub id.
+    Fails at once, without the network, for a path that does not exist and for a name that
+    looks like a mistyped bundled one."""
+    import difflib
+    from . import zoo
+    if name in zoo.BUNDLED:
+        return zoo.path(name)
+    bundled = ", ".join(zoo.BUNDLED)
+    if name.startswith(("/", "./", "../", "~")) or name.endswith(("/", os.sep)) \
+            or name.count("/") > 1 or os.sep != "/" and os.sep in name:
+        raise FileNotFoundError(f"no such directory: {name!r}. Give a local model directory, a "
+                                f"hub id (e.g. 'gpt2') or a bundled model ({bundled}).")
+    close = difflib.get_close_matches(name, list(zoo.BUNDLED), n=1, cutoff=0.6)
+    if close or name.startswith("toy-"):
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"no bundled model {name!r}; bundled models: {bundled}.{hint}")
+    return name
+
+
+def load_model(name_or_path: Any, attribution_method: Union[str, Callable, None] = None, *,
+               tokenizer: Any = None, dtype: Any = None, embedding_paths: Optional[dict] = None,
+               **model_kwargs) -> AttributionModel:
     """Load a model for attribution.
 
     Args:
@@ -863,6 +909,8 @@ def load_model(name_or_path: Any, *, tokenizer: Any = None, dtype: Any = None,
         Mistral, Qwen 2/3, Gemma 1-3, Phi-3, OLMo 2 or SmolLM 3 checkpoint with safetensors
         weights (single or sharded) loads into jaxattr's native decoder family
         (:mod:`jaxattr.models`; no torch, no transformers model class).
+      attribution_method: the default ``method`` of :meth:`AttributionModel.attribute`
+        (as in Inseq's ``load_model("gpt2", "integrated_gradients")``).
       tokenizer: a tokenizer instance or name; default: the checkpoint's own.
       dtype: computation dtype (e.g. ``jnp.bfloat16``; native family: default float32, a
         bfloat16 checkpoint is upcast unless ``dtype=jnp.bfloat16``).
@@ -870,9 +918,7 @@ def load_model(name_or_path: Any, *, tokenizer: Any = None, dtype: Any = None,
       **model_kwargs: passed to ``from_pretrained``.
     """
     if isinstance(name_or_path, str) and not os.path.exists(name_or_path):
-        from . import zoo
-        if name_or_path in zoo.BUNDLED:
-            name_or_path = zoo.path(name_or_path)
+        name_or_path = _bundled_or_hub(name_or_path)
     if isinstance(name_or_path, str) and _is_native_checkpoint(name_or_path):
         if model_kwargs:
             raise ValueError(f"the native decoder family takes no model options; got "
@@ -881,7 +927,15 @@ def load_model(name_or_path: Any, *, tokenizer: Any = None, dtype: Any = None,
         hf_model, name = load_native(name_or_path, dtype=dtype), name_or_path
     elif isinstance(name_or_path, str):
         from .loading import load_hf_model
-        hf_model, _ = load_hf_model(name_or_path, dtype=dtype, **model_kwargs)
+        try:
+            hf_model, _ = load_hf_model(name_or_path, dtype=dtype, **model_kwargs)
+        except OSError as e:
+            if os.path.isdir(name_or_path):
+                raise
+            from . import zoo
+            raise OSError(f"{name_or_path!r} is neither a bundled model ({', '.join(zoo.BUNDLED)})"
+                          f" nor a local directory, and loading it from the Hugging Face hub "
+                          f"failed: {e}") from e
         name = name_or_path
     else:
         hf_model, name = name_or_path, None
@@ -890,4 +944,8 @@ def load_model(name_or_path: Any, *, tokenizer: Any = None, dtype: Any = None,
             raise ValueError("Pass `tokenizer=` when giving a model instance.")
         from transformers import AutoTokenizer
         tokenizer = AutoTokenizer.from_pretrained(tokenizer or name_or_path)
-    return AttributionModel(hf_model, tokenizer, name=name, embedding_paths=embedding_paths)
+    if isinstance(attribution_method, str) and attribution_method not in list_methods():
+        raise ValueError(f"Unknown attribution method {attribution_method!r}. Available: "
+                         f"{list_methods()} (jaxattr.list_methods()).")
+    return AttributionModel(hf_model, tokenizer, name=name, embedding_paths=embedding_paths,
+                            attribution_method=attribution_method)

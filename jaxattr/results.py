@@ -230,14 +230,19 @@ class AttributionOutput(_ViewMethods):
         return iter(self.sequence_attributions)
 
     def aggregate(self, aggregator: Any = None, **kwargs) -> "AttributionOutput":
-        """Aggregate every sequence (default: each view's ``default_aggregator`` — L2 over
-        hidden, mean over layers and heads for ``method="attention"`` —, then each column sums
-        to 1): the same as aggregating ``out[i]`` on its own."""
+        """Aggregate every sequence, then each column sums to 1 in ``|value|``: the same as
+        aggregating ``out[i]`` on its own. Default reduction: each view's
+        ``default_aggregator``, set by ``attribute`` from the run
+        (:func:`jaxattr.aggregate.default_aggregator`): the signed sum over hidden for
+        integrated gradients, gradient SHAP, occlusion and contrastive targets, the mean over
+        layers and heads for ``method="attention"``, the L2 norm otherwise."""
         info = dict(self.info)
         if aggregator is None and info.get("method") == "attention":
             aggregator = "mean"
-        name = aggregator if isinstance(aggregator, str) or aggregator is None else getattr(
-            aggregator, "__name__", "custom")
+        defaults = {getattr(v, "default_aggregator", None) for v in self.sequence_attributions}
+        name = aggregator if isinstance(aggregator, str) else (
+            (defaults.pop() if len(defaults) == 1 else None) if aggregator is None
+            else getattr(aggregator, "__name__", "custom"))
         info["aggregations"] = list(info.get("aggregations", [])) + [
             f"aggregate({name or 'vnorm'!r}, normalize={kwargs.get('normalize', True)})"]
         return AttributionOutput(

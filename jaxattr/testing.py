@@ -49,6 +49,7 @@ def make_tokenizer(style: str = "bytelevel", vocab_size: int = 320):
         tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tk.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                       show_progress=False,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
         tk.train_from_iterator(CORPUS, trainer)
         return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<|endoftext|>",
@@ -57,7 +58,8 @@ def make_tokenizer(style: str = "bytelevel", vocab_size: int = 320):
     tk = Tokenizer(models.BPE(unk_token="<unk>"))
     tk.pre_tokenizer = pre_tokenizers.Metaspace()
     tk.decoder = decoders.Metaspace()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                   show_progress=False)
     tk.train_from_iterator(CORPUS, trainer)
     ids = {t: tk.token_to_id(t) for t in specials}
     if style == "bos":

@@ -25,6 +25,10 @@ METHODS = {
     "gradient_shap": gradient_shap,
     "sequential_integrated_gradients": sequential_integrated_gradients,
     "occlusion": occlusion,
+    # the noise tunnels by name (Captum's NoiseTunnel around saliency; Inseq's spelling)
+    "smoothgrad": smoothgrad(saliency),
+    "smoothgrad_sq": smoothgrad_sq(saliency),
+    "vargrad": vargrad(saliency),
 }
 
 
@@ -36,5 +40,7 @@ def get_method(method):
         return METHODS[method]
     except KeyError:
         raise ValueError(
-            f"Unknown attribution method {method!r}. Available: {sorted(METHODS)}; "
-            "or pass a function `method(score_fn, x, *, has_aux, ...)`.") from None
+            f"Unknown attribution method {method!r}. Available: {sorted(METHODS)}; with a "
+            "model also layer_integrated_gradients, layer_gradient_x_activation, "
+            "layer_saliency and attention (jaxattr.list_methods()); or pass a function "
+            "`method(score_fn, x, *, has_aux, ...)`.") from None

@@ -57,7 +57,7 @@ def noise_tunnel(
     - ``vargrad``: ``mean_k a_k² − (mean_k a_k)²`` (Adebayo et al., 2018), clipped at 0.
 
     Args:
-      method: a method ``method(score_fn, x, [baseline,] *, has_aux, ...)`` returning
+      method: a method ``method(score_fn, x, [baseline,] *, has_aux, ...)``, or its name, returning
         attributions only (extra outputs such as a convergence delta are reduced the same way).
       nt_type: one of ``smoothgrad``, ``smoothgrad_sq``, ``vargrad``.
       n_samples, stdevs, key, nt_samples_batch_size: defaults of the returned method, which
@@ -69,6 +69,9 @@ def noise_tunnel(
       does not hold for an average over noisy inputs, so no ``deltas`` are recorded). ``aux`` (``has_aux=True``) is computed at the
       clean ``x``.
     """
+    if isinstance(method, str):   # smoothgrad("saliency")
+        from . import get_method
+        method = get_method(method)
     cache_key = (method, nt_type, n_samples, stdevs, key, nt_samples_batch_size)
     try:
         return _WRAPPED[cache_key]

@@ -17,12 +17,19 @@ POSITIVE_RGB = (178, 24, 43)
 NAN_MARK = "·"
 
 
-def sequences_of(x) -> list:
-    """``[(index, SequenceAttribution)]`` for an output, a single view or a list of views."""
+def sequences_of(x, aggregate: bool = False) -> list:
+    """``[(index, SequenceAttribution)]`` for an output, a single view or a list of views.
+
+    ``aggregate``: an output whose views still have a hidden axis is aggregated with its
+    default (:func:`jaxattr.aggregate.default_aggregator`, which knows the run's method and
+    target) first."""
     from ..results import AttributionOutput, SequenceAttribution
     if isinstance(x, SequenceAttribution):
         return [(0, x)]
     if isinstance(x, AttributionOutput):
+        if aggregate and any(a is not None and a.ndim == 3 for s in x.sequence_attributions
+                             for a in (s.source_attributions, s.target_attributions)):
+            x = x.aggregate()
         return list(enumerate(x.sequence_attributions))
     if isinstance(x, (list, tuple)) and all(isinstance(s, SequenceAttribution) for s in x):
         return list(enumerate(x))

@@ -45,7 +45,7 @@ def to_figure(x, *, index: int = 0, cmap: str = "RdBu_r", annotate: Optional[boo
       A :class:`matplotlib.figure.Figure`.
     """
     Figure = _require_matplotlib()
-    seqs = dict(sequences_of(x))
+    seqs = dict(sequences_of(x, aggregate))
     if index not in seqs:
         raise IndexError(f"no sequence {index}; there are {len(seqs)}.")
     seq = prepared(seqs[index], aggregate)

@@ -46,7 +46,8 @@ _CSS = """
 .ja-t{display:inline-block;padding:0 .25em;margin:0 1px;border-radius:3px;
   font-family:ui-monospace,"DejaVu Sans Mono",Menlo,monospace;font-size:.9em;
   white-space:pre;border:1px solid #ddd}
-.ja-g{cursor:pointer;border-color:#999;border-bottom-width:2px}
+.ja-g{cursor:pointer;border-color:#999;text-decoration:underline;
+  text-decoration-thickness:2px;text-underline-offset:3px}
 .ja-g:hover{border-color:#222}
 .ja-heat{border-collapse:collapse;font-family:ui-monospace,"DejaVu Sans Mono",Menlo,monospace;
   font-size:.8em;margin:.3em 0}
@@ -88,6 +89,7 @@ def _esc(s) -> str:
 
 
 def _token_view(seq, uid: str, i: int, vmax: float, max_token_width: int) -> str:
+    """Running text of the tokens; the generated ones (underlined) select a column."""
     n = len(seq.generated)
     name = f"{uid}-s{i}"
     parts = ['<div class="ja-tv">',
@@ -134,7 +136,8 @@ def _token_view(seq, uid: str, i: int, vmax: float, max_token_width: int) -> str
     return "".join(parts)
 
 
-def _heatmap(seq, vmax: float, digits: int, max_token_width: int) -> str:
+def _heatmap(seq, vmax: float, digits: int, max_token_width: int,
+             start_out: bool = False) -> str:
     gen = seq.generated_labels  # "foil → token" for contrasted steps
     n = len(gen)
     kind = value_format(vmax, digits)
@@ -176,23 +179,54 @@ def _heatmap(seq, vmax: float, digits: int, max_token_width: int) -> str:
             out.append("</tr>")
         out.append("</tbody>")
     out.append("</table></div>")
-    lo, hi = _hex(NEGATIVE_RGB), _hex(POSITIVE_RGB)
-    out.append(f'<div class="ja-legend"><span>{format_value(-vmax, digits, kind)}</span>'
-               f'<span class="ja-bar" style="background:linear-gradient(90deg,{lo},#ffffff,'
-               f'{hi})"></span><span>{format_value(vmax, digits, kind)}</span>'
-               '<span>(colour scale symmetric around 0; exact values on hover)</span></div>')
+    out.append(_legend(vmax, digits, kind, sequential=_nonnegative(seq), start_out=start_out))
     return "".join(out)
+
+
+def _legend(vmax: float, digits: int, kind: str, *, sequential: bool, start_out: bool) -> str:
+    hi = _hex(POSITIVE_RGB)
+    if sequential:
+        lo_text, grad = format_value(0.0, digits, kind), f"#ffffff,{hi}"
+        what = "sequential colour scale: every value is ≥ 0"
+    else:
+        lo_text, grad = format_value(-vmax, digits, kind), f"{_hex(NEGATIVE_RGB)},#ffffff,{hi}"
+        what = "colour scale symmetric around 0"
+    if start_out:
+        what += "; the decoder start token's row is left out of the scale"
+    return (f'<div class="ja-legend"><span>{lo_text}</span><span class="ja-bar" '
+            f'style="background:linear-gradient(90deg,{grad})"></span>'
+            f'<span>{format_value(vmax, digits, kind)}</span>'
+            f'<span>({what}; exact values on hover)</span></div>')
+
+
+def _nonnegative(seq) -> bool:
+    """Every attribution of the view is ≥ 0 (NaN ignored): e.g. the L2 norm over hidden."""
+    vals = [np.asarray(a) for a in (seq.source_attributions, seq.target_attributions)
+            if a is not None]
+    return all(not (a < 0).any() for a in vals)
+
+
+def _scale(seq, include_decoder_start: bool) -> tuple:
+    """``(vmax, start_out)``: the colour scale's magnitude, and whether the decoder start
+    token's target row (encoder-decoder models, position 0) was left out of it."""
+    tgt = seq.target_attributions
+    start_out = (not include_decoder_start and seq.source is not None and tgt is not None
+                 and len(tgt) > 1)
+    return scale_max(seq.source_attributions, tgt[1:] if start_out else tgt), start_out
 
 
 def to_html(x, *, full_page: bool = True, title: Optional[str] = None, digits: int = 3,
             max_token_width: int = 24, aggregate: bool = True, uid: Optional[str] = None,
-            path: Union[str, os.PathLike, None] = None) -> str:
+            path: Union[str, os.PathLike, None] = None,
+            include_decoder_start: bool = False) -> str:
     """Render attributions as HTML.
 
     Args:
       x: an :class:`~jaxattr.results.AttributionOutput`, a
         :class:`~jaxattr.results.SequenceAttribution` or a list of views. 3-D attributions are
-        aggregated with the default (L2 norm over hidden, columns normalised) first.
+        aggregated with the run's default (:func:`jaxattr.aggregate.default_aggregator`)
+        first. Non-negative views get a sequential scale (white to red), signed ones a
+        diverging scale symmetric around 0.
       full_page: a complete document with a ``Content-Security-Policy`` that blocks every
         request (default), or a ``<div>`` fragment for notebooks.
       title: page heading (default ``"jaxattr attributions"``).
@@ -202,26 +236,30 @@ def to_html(x, *, full_page: bool = True, title: Optional[str] = None, digits: i
       uid: prefix of element ids (default: unique per call), so several renders can share a
         notebook page.
       path: also write the page to this file (UTF-8).
+      include_decoder_start: let the decoder start token's row (encoder-decoder models) set
+        the colour scale too. By default it is left out: attributions to that constant token
+        are often the largest and would wash out every other colour (its cells still show
+        their values, clipped to the scale's ends).
 
     Returns:
       The HTML text.
     """
     uid = uid or f"ja{os.getpid() % 10000}x{next(_COUNTER)}"
     title = "jaxattr attributions" if title is None else title
-    seqs = [(i, prepared(s, aggregate)) for i, s in sequences_of(x)]
+    seqs = [(i, prepared(s, aggregate)) for i, s in sequences_of(x, aggregate)]
     n_cols = max([len(s.generated) for _, s in seqs] + [0])
     body = [f'<div class="ja-root" id="{_esc(uid)}">', f"<h1>{_esc(title)}</h1>"]
     meta = header_of(x)
     if meta:
         body.append(f'<p class="ja-meta">{_esc(meta)}</p>')
     for i, seq in seqs:
-        vmax = scale_max(seq.source_attributions, seq.target_attributions)
+        vmax, start_out = _scale(seq, include_decoder_start)
         body.append(f'<section class="ja-seq"><h2>Sequence {i}</h2>')
         if not seq.generated:
             body.append('<p class="ja-hint">(no attributed tokens)</p></section>')
             continue
         body.append(_token_view(seq, uid, i, vmax, max_token_width))
-        body.append(_heatmap(seq, vmax, digits, max_token_width))
+        body.append(_heatmap(seq, vmax, digits, max_token_width, start_out))
         body.append("</section>")
     body.append("</div>")
     css = f"<style>{_CSS}{_rule_css(n_cols)}</style>"

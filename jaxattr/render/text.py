@@ -176,7 +176,7 @@ def to_text(x, *, color: Optional[bool] = None, width: Optional[int] = None, dig
                               legacy_windows=False)
     title = header_of(x)
     out: list[str] = []
-    for i, seq in sequences_of(x):
+    for i, seq in sequences_of(x, aggregate):
         seq = prepared(seq, aggregate)
         block = _Block(seq, digits=digits, max_token_width=max_token_width)
         if out:
