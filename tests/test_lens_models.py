@@ -139,16 +139,21 @@ def test_step_scores_follow_the_trajectory(gpt2):
     assert len([k for k in view.step_scores if k.startswith("lens_kl.")]) == n_rows - 1
 
 
-def test_bundled_tuned_lens_beats_the_logit_lens_at_every_layer():
+@pytest.mark.parametrize("name", ["toy-recall", "toy-mt"])
+def test_bundled_tuned_lens_beats_the_logit_lens_at_every_layer(name):
     import os
     from jaxattr.lens import evaluate_tuned_lens, lens_metadata, load_lens
     from jaxattr.zoo import tasks
-    model = jaxattr.load_model("toy-recall")
-    path = os.path.join(jaxattr.zoo.path("toy-recall"), "tuned_lens.safetensors")
-    assert lens_metadata(path)["model"] == "toy-recall"
+    model = jaxattr.load_model(name)
+    path = os.path.join(jaxattr.zoo.path(name), "tuned_lens.safetensors")
+    assert lens_metadata(path)["model"] == name
     src = model_source(model)
     lens = load_lens(path, expect=(src.n_layers, src.hidden))
-    held_out = [ex["prompt"] + ex["completion"] for ex in tasks.recall_examples(64, 424_242)]
+    if name == "toy-recall":
+        held_out = [ex["prompt"] + ex["completion"]
+                    for ex in tasks.recall_examples(64, 424_242)]
+    else:
+        held_out = [(ex["source"], ex["target"]) for ex in tasks.mt_examples(64, 424_242)]
     ev = evaluate_tuned_lens(model, lens, held_out, seq_len=32, batch_size=32, pack=False)
     assert np.all(ev["tuned_kl"] < ev["logit_kl"]), ev
     assert np.all(ev["tuned_kl"] < 0.5 * ev["logit_kl"]), ev
