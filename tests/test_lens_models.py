@@ -137,3 +137,45 @@ def test_step_scores_follow_the_trajectory(gpt2):
     np.testing.assert_array_equal(view.step_scores["lens_first_top1_layer"],
                                   traj.first_top1_layer(0)[pos])
     assert len([k for k in view.step_scores if k.startswith("lens_kl.")]) == n_rows - 1
+
+
+@pytest.mark.parametrize("name", ["toy-recall", "toy-mt"])
+def test_bundled_tuned_lens_beats_the_logit_lens_at_every_layer(name):
+    import os
+    from jaxattr.lens import evaluate_tuned_lens, lens_metadata, load_lens
+    from jaxattr.zoo import tasks
+    model = jaxattr.load_model(name)
+    path = os.path.join(jaxattr.zoo.path(name), "tuned_lens.safetensors")
+    assert lens_metadata(path)["model"] == name
+    src = model_source(model)
+    lens = load_lens(path, expect=(src.n_layers, src.hidden))
+    if name == "toy-recall":
+        held_out = [ex["prompt"] + ex["completion"]
+                    for ex in tasks.recall_examples(64, 424_242)]
+    else:
+        held_out = [(ex["source"], ex["target"]) for ex in tasks.mt_examples(64, 424_242)]
+    ev = evaluate_tuned_lens(model, lens, held_out, seq_len=32, batch_size=32, pack=False)
+    assert np.all(ev["tuned_kl"] < ev["logit_kl"]), ev
+    assert np.all(ev["tuned_kl"] < 0.5 * ev["logit_kl"]), ev
+
+
+def test_train_tuned_lens_checkpoints_and_resumes(gpt2, tmp_path):
+    from jaxattr.lens import load_lens, train_tuned_lens
+    from jaxattr.testing import CORPUS
+    kw = dict(steps=4, tokens_per_step=64, seq_len=16, batch_size=2, show_progress=False)
+    # A second call with the same directory resumes at step 2; only steps 2-3 run. The
+    # default optimiser's schedule depends on the total, so both runs get the same one.
+    from jaxattr.lens import tuned_lens_optimizer
+    opt = tuned_lens_optimizer(4)
+    full, hist_full = train_tuned_lens(gpt2, CORPUS * 3, optimizer=opt, **kw)
+    assert hist_full.shape == (4, gpt2.config.n_layer)
+    ckpt2 = tmp_path / "run2"
+    train_tuned_lens(gpt2, CORPUS * 3, optimizer=opt, checkpoint_dir=str(ckpt2),
+                     checkpoint_every=2, **dict(kw, steps=2))
+    resumed, hist_rest = train_tuned_lens(gpt2, CORPUS * 3, optimizer=opt,
+                                          checkpoint_dir=str(ckpt2), **kw)
+    assert hist_rest.shape == (2, gpt2.config.n_layer)
+    np.testing.assert_allclose(hist_rest, hist_full[2:], rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(resumed.weight), np.asarray(full.weight), atol=1e-6)
+    saved = load_lens(ckpt2 / "lens.safetensors")
+    np.testing.assert_array_equal(np.asarray(saved.weight), np.asarray(resumed.weight))

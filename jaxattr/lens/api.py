@@ -140,9 +140,7 @@ def trajectory_of(model, source, seqs, *, lens=None, top_k=10, target=None, batc
         source_tokens=([tok.convert_ids_to_tokens(s.source_ids) for s in seqs]
                        if model.is_encoder_decoder else None),
         targets=[p[2] for p in per_seq], stats=[p[0] for p in per_seq],
-        row_names=state_sites(model) if hasattr(model.adapter, "sites") else tuple(
-            ["blocks.0.resid_pre"] + [f"blocks.{l}.resid_post"
-                                      for l in range(source.n_layers)]),
+        row_names=state_sites(model),
         states=[p[1] for p in per_seq], readout=source.readout, lens=lens,
         layer_chunk=layer_chunk, tokenizer=tok)
 

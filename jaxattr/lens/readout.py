@@ -12,7 +12,6 @@ that does not reproduce them is an error, never a silent approximation.
 """
 from __future__ import annotations
 
-import inspect
 import re
 import weakref
 from typing import Any
@@ -168,11 +167,6 @@ def _native_readout(adapter) -> Readout:
     return Readout(params=params, fn=fn)
 
 
-def _uses_sites(adapter) -> bool:
-    """Whether the backend captures named sites (the internals protocol)."""
-    return "capture" in inspect.signature(adapter.forward).parameters
-
-
 def state_sites(model) -> tuple:
     """Site names of the lens rows: the stream entering block 0, then leaving every block
     (the decoder's on encoder-decoder models)."""
@@ -182,49 +176,8 @@ def state_sites(model) -> tuple:
             + resolve_sites(f"{prefix}blocks.*.resid_post", available))
 
 
-def _is_block(path: tuple, decoder_only: bool) -> bool:
-    digits = [i for i, p in enumerate(path) if p.isdigit()]
-    return (len(digits) == 1 and digits[0] == len(path) - 1
-            and (decoder_only or "decoder" in path))
-
-
-def _hf_states(adapter, batch: dict) -> jax.Array:
-    """``[n_layers + 1, B, L, H]`` from a transformers Flax forward: the input of the first
-    (decoder) block and the output of every block, read by interception; the head runs on
-    one position only."""
-    vocab = adapter.hf_model.config.vocab_size
-    rows: list = []
-
-    def interceptor(next_fun, args, kwargs, context):
-        if context.method_name != "__call__":
-            return next_fun(*args, **kwargs)
-        mod = context.module
-        if isinstance(mod, nn.Dense) and mod.features == vocab and args:
-            return next_fun(args[0][:, :1], **kwargs)
-        if _is_block(tuple(mod.path), not adapter.is_encoder_decoder):
-            if not rows:
-                rows.append(args[0] if args else kwargs["hidden_states"])
-            out = next_fun(*args, **kwargs)
-            rows.append(out[0] if isinstance(out, tuple) else out)
-            return out
-        return next_fun(*args, **kwargs)
-
-    hf = adapter.hf_model
-    with nn.intercept_methods(interceptor):
-        if adapter.is_encoder_decoder:
-            hf(input_ids=batch["source_ids"], attention_mask=batch["source_mask"],
-               decoder_input_ids=batch["target_ids"], decoder_attention_mask=batch["target_mask"],
-               params=adapter.params)
-        else:
-            hf(input_ids=batch["target_ids"], attention_mask=batch["target_mask"],
-               params=adapter.params)
-    return jnp.stack(rows)
-
-
 def _states_fn(model):
     adapter = model.adapter
-    if not _uses_sites(adapter):
-        return lambda params, batch: _hf_states(adapter.replace(params=params), batch)
     sites = state_sites(model)
 
     def states_fn(params, batch):
@@ -240,7 +193,7 @@ def _states_fn(model):
 
 def model_source(model) -> LensSource:
     """A :class:`~jaxattr.lens.LensSource` over ``model``: the residual states from one
-    forward (site capture where the backend offers it; the head runs at one position only),
+    forward with site capture (the head runs at one position only),
     decoded by :func:`model_readout`.
 
     Batches are dicts with ``target_ids``/``target_mask`` ``[B, L]`` (and ``source_ids``/
