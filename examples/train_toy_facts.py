@@ -51,7 +51,7 @@ def main(argv=None):
                     help="output folder (default: ./toy-facts; the bundled copy lives in "
                          "jaxattr/zoo/toy-facts and is only replaced when you name it)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--batch", type=int, default=96, help="training prompts per step")
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--hidden", type=int, default=96)
