@@ -22,7 +22,8 @@ from .engine import patched_metrics
 from .results import TraceAverage, TraceResult
 from .runs import answer_ids, encode_prompts, require_decoder_only
 
-__all__ = ["causal_trace", "average_traces", "subject_token_range", "trace_masks"]
+__all__ = ["causal_trace", "attribution_trace", "average_traces", "subject_token_range",
+           "trace_masks"]
 
 _KINDS = {None: "resid_post", "mlp": "mlp_out", "attn": "attn_out"}
 
@@ -186,3 +187,46 @@ def average_traces(traces: Sequence[TraceResult]) -> TraceAverage:
                         low=np.array([t.low_score for t in traces], np.float32),
                         high=np.array([t.high_score for t in traces], np.float32),
                         categories=CATEGORIES, info=dict(traces[0].info))
+
+
+def attribution_trace(model, prompt: str, subject, *, answer, foil,
+                      sites: str = "blocks.*.mlp_out") -> TraceResult:
+    """Contrastive attribution tracing (the Inseq paper's factual-knowledge study, one backward
+    instead of one run per layer): ``layer_gradient_x_activation`` of
+    ``p(answer) − p(foil)`` at every site of ``sites`` (default every ``blocks.*.mlp_out``),
+    summed over the hidden axis, as a ``[L_tokens, n_layers]`` map like a causal trace's.
+
+    Args:
+      prompt: the prompt; subject: as in :func:`causal_trace`.
+      answer, foil: the true and a false answer (``" Paris"``, ``" Rome"``); each is
+        attributed as its first token.
+
+    Returns:
+      :class:`TraceResult` whose ``scores`` are the attributions (``low_score`` 0,
+      ``high_score`` the contrastive probability difference), so :func:`average_traces` maps
+      them onto ROME's position categories.
+    """
+    require_decoder_only(model, "attribution_trace")
+    s0, s1 = subject_token_range(model, prompt, subject)
+    for name, v in (("answer", answer), ("foil", foil)):
+        if not isinstance(v, str):
+            raise InputError(f"{name} must be the answer text as it continues the prompt "
+                             f"(' Paris'), got {v!r}.")
+    a = int(answer_ids(model, answer, 1, name="answer")[0])
+    f = int(answer_ids(model, foil, 1, name="foil")[0])
+    tok = model.tokenizer
+    out = model.attribute(prompt, prompt + answer, method="layer_gradient_x_activation",
+                          layer=sites, attributed_fn="contrast_prob_diff",
+                          contrast_targets=prompt + foil, step_scores=("contrast_prob_diff",),
+                          show_progress=False)
+    seq = out.sequence_attributions[0]
+    att = np.asarray(seq.target_attributions, np.float64)      # [rows, 1, n_sites, H]
+    n = len(encode_prompts(model, prompt, name="prompt").tokens[0])
+    scores = att[:n, 0].sum(-1)                                 # [L_tokens, n_sites]
+    diff = float(np.asarray(seq.step_scores["contrast_prob_diff"])[0])
+    return TraceResult(
+        scores=scores.astype(np.float32), low_score=0.0, high_score=diff,
+        subject_range=(s0, s1), tokens=tuple(seq.target[:n]),
+        answer=tok.convert_ids_to_tokens([a])[0],
+        info={"kind": "attribution", "window": 1, "sites": sites,
+              "foil": tok.convert_ids_to_tokens([f])[0], "model": getattr(model, "name", None)})
