@@ -3,6 +3,7 @@ tokens, and the metrics read from the logits at the prompt's last position."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Optional, Sequence, Union
 
 import jax
@@ -98,12 +99,8 @@ def answer_ids(model, answers, n: int, *, name: str) -> np.ndarray:
 
 
 def metric_function(kind: Union[str, Callable], *, has_foil: bool) -> Callable:
-    """``(logits [B, V], answer [B], foil [B]) -> [B]``.
-
-    ``"logit"`` the answer's logit; ``"logit_diff"`` answer minus foil logit; ``"probability"``
-    and ``"logprob"`` the answer's softmax probability / log-probability. A callable is used as
-    it is (same signature).
-    """
+    """See :func:`_metric_function`; named metrics are built once, so jitted programs that
+    take the metric as a static argument compile once per metric, not once per call."""
     if callable(kind):
         return kind
     if kind not in METRICS:
@@ -112,7 +109,17 @@ def metric_function(kind: Union[str, Callable], *, has_foil: bool) -> Callable:
     if kind == "logit_diff" and not has_foil:
         raise InputError("metric='logit_diff' needs foil= (the alternative answer, e.g. the "
                          "corrupted prompt's answer).")
+    return _metric_function(kind)
 
+
+@functools.lru_cache(maxsize=None)
+def _metric_function(kind: str) -> Callable:
+    """``(logits [B, V], answer [B], foil [B]) -> [B]``.
+
+    ``"logit"`` the answer's logit; ``"logit_diff"`` answer minus foil logit; ``"probability"``
+    and ``"logprob"`` the answer's softmax probability / log-probability. A callable is used as
+    it is (same signature).
+    """
     def take(x, idx):
         return jnp.take_along_axis(x, idx[:, None].astype(jnp.int32), axis=-1)[:, 0]
 
