@@ -22,10 +22,10 @@ def model():
 
 @pytest.fixture(scope="module")
 def prompts():
-    held = facts.facts_examples("heldout")
+    known = facts.facts_examples("train")      # stored facts (100% right on training prompts)
     # subjects in the middle ("the home of ... is in") and at the start ("... plays")
-    return [e for e in held if e["template"] == 2][:2] + [e for e in held
-                                                           if e["template"] == 0][:2]
+    return [e for e in known if e["template"] == 2][:2] + [e for e in known
+                                                            if e["template"] == 0][:2]
 
 
 def test_held_out_recall(model):
