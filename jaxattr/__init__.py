@@ -33,6 +33,8 @@ from .context import attribute_context
 from . import probing
 from . import lens
 from .lens import logit_lens
+from . import interventions
+from .interventions import activation_patching, causal_trace
 from .io import ResultFileError, load
 from .targets import TargetBatch, get_target, register_target
 
@@ -57,5 +59,5 @@ __all__ = [
     # submodules
     "methods", "targets", "aggregate", "io", "zoo", "probing", "evaluate", "lens",
     # analyses
-    "logit_lens",
+    "logit_lens", "interventions", "activation_patching", "causal_trace",
 ]

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import os
 
-from . import context_task, tasks
+from . import context_task, facts, tasks
 
-__all__ = ["BUNDLED", "path", "card", "tasks", "context_task"]
+__all__ = ["BUNDLED", "path", "card", "tasks", "context_task", "facts"]
 
 BUNDLED: dict[str, str] = {
     "toy-recall": "Decoder-only GPT-2 (2 layers, hidden 64) trained on in-context recall: "
@@ -29,6 +29,10 @@ BUNDLED: dict[str, str] = {
     "toy-context": "Decoder-only GPT-2 (2 layers, hidden 48) whose pronoun comes from a context "
                    "sentence: \"Kim is a woman from Rome. Kim said that\" -> ' she is happy.' "
                    "PECoRe ground truth: CTI selects the pronoun; its cue is the gender word.",
+    "toy-facts": "Decoder-only GPT-2 (4 layers, hidden 96) that has memorised synthetic facts "
+                 "about 96 people with multi-token names: \"Ada Moreno lives in\" -> ' Oslo' "
+                 "(the answer is never in the prompt). Ground truth for causal tracing: the "
+                 "subject span of every prompt (jaxattr.zoo.facts).",
 }
 
 _ROOT = os.path.dirname(os.path.abspath(__file__))
