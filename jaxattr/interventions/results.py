@@ -247,14 +247,22 @@ class MediationResult(_Saved):
       total_effect: ``[N]`` per example ``y(intervened) / y(original) − 1``.
       direct_effect, indirect_effect: ``[N, n_layers, n_units]`` natural direct / indirect
         effect of each mediator (unit = MLP neuron or attention head) at the mediated position.
-      mediator: ``"mlp"`` or ``"heads"``; position: which position was mediated ("last
-        source" / the intervened token); info: model, response definition.
+      mediator: ``"mlp"`` or ``"heads"`` (or a site kind); info: model, response definition,
+        units, scored positions, tokens.
+      layers: the site of each row (``"decoder.blocks.1.head_out"``); response: ``[N, 2]``
+        the response ``y`` of the original and the intervened input.
     """
     total_effect: np.ndarray
     direct_effect: np.ndarray
     indirect_effect: np.ndarray
     mediator: str
     info: dict
+    layers: tuple = ()
+    response: Any = None
+
+    def _rows(self):
+        n = self.indirect_effect.shape[1]
+        return list(self.layers) if len(self.layers) == n else [str(l) for l in range(n)]
 
     def mean_indirect(self) -> np.ndarray:
         """``[n_layers, n_units]`` indirect effect averaged over examples."""
@@ -281,12 +289,13 @@ class MediationResult(_Saved):
         lines = [f"causal mediation ({self.mediator}): mean total effect "
                  f"{self.total_effect.mean():.4f} over {len(self.total_effect)} examples",
                  f"top {k} mediators (layer, unit, mean indirect effect):"]
-        lines += [f"  layer {l:2d}  unit {u:4d}  {e:+.5f}" for l, u, e in self.top(k)]
+        rows = self._rows()
+        lines += [f"  {rows[l]:>28s}  unit {u:4d}  {e:+.5f}" for l, u, e in self.top(k)]
         return "\n".join(lines)
 
     def figure(self, **kwargs):
         m = self.mean_indirect()
-        return grid_figure(m, [str(l) for l in range(m.shape[0])],
+        return grid_figure(m, self._rows(),
                            [str(u) for u in range(m.shape[1])], xlabel=self.mediator,
                            ylabel="layer", title="mean natural indirect effect",
                            cbar_label="indirect effect", **kwargs)
