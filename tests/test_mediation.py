@@ -77,6 +77,7 @@ def test_whole_last_layer_mediates_everything_and_decoder_input_nothing(marian):
     np.testing.assert_allclose(last.indirect_effect[:, 0, 0], last.total_effect, rtol=1e-5,
                                atol=1e-6)
     np.testing.assert_allclose(last.direct_effect[:, 0, 0], 0.0, atol=1e-5)
+    np.testing.assert_allclose(last.log_share("indirect"), 1.0, rtol=1e-4)
     # the decoder's input embeddings do not depend on the source: nothing flows through them,
     # so holding them changes nothing (NDE = TE, NIE = 0)
     first = _mediate(marian, mediator="resid_pre", layers=["decoder.blocks.0"], units="layer")

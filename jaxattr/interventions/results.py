@@ -264,6 +264,18 @@ class MediationResult(_Saved):
         n = self.indirect_effect.shape[1]
         return list(self.layers) if len(self.layers) == n else [str(l) for l in range(n)]
 
+    def log_share(self, effect: str = "indirect") -> np.ndarray:
+        """``[N, n_layers, n_units]`` ``log(1 + effect) / log(1 + TE)``: the share of the
+        intervention's shift of ``log y`` that one mediator's swap reproduces — the readable
+        scale when a confident model makes ``TE`` huge (1 = the unit alone carries the whole
+        shift; ``effect`` is ``"indirect"`` or ``"direct"``)."""
+        if effect not in ("indirect", "direct"):
+            raise ValueError(f"effect must be 'indirect' or 'direct', got {effect!r}.")
+        e = self.indirect_effect if effect == "indirect" else self.direct_effect
+        te = np.log1p(self.total_effect.astype(np.float64))[:, None, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return (np.log1p(e.astype(np.float64)) / te).astype(np.float32)
+
     def mean_indirect(self) -> np.ndarray:
         """``[n_layers, n_units]`` indirect effect averaged over examples."""
         return self.indirect_effect.mean(0)
