@@ -34,7 +34,7 @@ from . import probing
 from . import lens
 from .lens import logit_lens
 from . import interventions
-from .interventions import activation_patching, causal_trace
+from .interventions import activation_patching, causal_mediation, causal_trace
 from .io import ResultFileError, load
 from .targets import TargetBatch, get_target, register_target
 
@@ -59,5 +59,5 @@ __all__ = [
     # submodules
     "methods", "targets", "aggregate", "io", "zoo", "probing", "evaluate", "lens",
     # analyses
-    "logit_lens", "interventions", "activation_patching", "causal_trace",
+    "logit_lens", "interventions", "activation_patching", "causal_mediation", "causal_trace",
 ]

@@ -9,6 +9,7 @@ from .patching import activation_patching
 from .results import MediationResult, PatchingResult, TraceAverage, TraceResult, load_result
 from .tracing import attribution_trace, average_traces, causal_trace, subject_token_range
 
-__all__ = ["activation_patching", "causal_mediation", "MEDIATORS", "causal_trace", "attribution_trace", "average_traces", "subject_token_range",
+__all__ = ["activation_patching", "causal_mediation", "MEDIATORS", "causal_trace",
+           "attribution_trace", "average_traces", "subject_token_range",
            "position_categories", "category_average", "CATEGORIES", "PatchingResult",
            "TraceResult", "TraceAverage", "MediationResult", "load_result"]
