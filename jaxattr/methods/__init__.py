@@ -3,6 +3,7 @@
 Nothing here imports transformers or flax: every method works on any JAX function.
 """
 from ._vjp import per_output_grads
+from .attention_rollout import attention_rollout
 from .gradient import input_x_gradient, saliency
 from .gradient_shap import gradient_shap
 from .integrated_gradients import integrated_gradients
@@ -16,7 +17,7 @@ __all__ = ["per_output_grads", "step_separable", "separable", "is_separable", "s
            "input_x_gradient", "integrated_gradients",
            "gradient_shap", "sequential_integrated_gradients", "occlusion",
            "smoothgrad", "smoothgrad_sq", "vargrad", "noise_tunnel", "NOISE_TUNNEL_TYPES",
-           "quadrature", "QUADRATURE_RULES", "METHODS", "get_method"]
+           "quadrature", "QUADRATURE_RULES", "METHODS", "get_method", "attention_rollout"]
 
 METHODS = {
     "saliency": saliency,
