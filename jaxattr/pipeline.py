@@ -303,6 +303,11 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     kwargs = dict(method_kwargs)
     if takes_baseline:
         kwargs["baseline"] = base_x
+    if layer is None and "position_mask" in inspect.signature(method).parameters:
+        # Real tokens (1) vs padding (0) per attributed side, for methods whose result
+        # depends on which positions exist (LIME's regression).
+        kwargs["position_mask"] = {side: batch.source_mask if side == "source"
+                                   else batch.target_mask for side in x}
     keys = example_keys(method, kwargs, batch)
     if keys is not None:
         kwargs["key"] = keys

@@ -8,6 +8,7 @@ from .deeplift import DEEPLIFT_RULES, deeplift
 from .gradient import input_x_gradient, saliency
 from .gradient_shap import gradient_shap
 from .integrated_gradients import integrated_gradients
+from .lime import lime
 from .noise_tunnel import NOISE_TUNNEL_TYPES, noise_tunnel, smoothgrad, smoothgrad_sq, vargrad
 from .occlusion import occlusion
 from .quadrature import QUADRATURE_RULES, quadrature
@@ -19,7 +20,7 @@ __all__ = ["per_output_grads", "step_separable", "separable", "is_separable", "s
            "gradient_shap", "sequential_integrated_gradients", "occlusion",
            "smoothgrad", "smoothgrad_sq", "vargrad", "noise_tunnel", "NOISE_TUNNEL_TYPES",
            "quadrature", "QUADRATURE_RULES", "METHODS", "get_method", "attention_rollout",
-           "deeplift", "DEEPLIFT_RULES"]
+           "deeplift", "DEEPLIFT_RULES", "lime"]
 
 METHODS = {
     "saliency": saliency,
@@ -33,6 +34,7 @@ METHODS = {
     "smoothgrad_sq": smoothgrad_sq(saliency),
     "vargrad": vargrad(saliency),
     "deeplift": deeplift,
+    "lime": lime,
 }
 
 
