@@ -546,6 +546,8 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
     scores that read their own step only, no MC dropout (its keys would differ), a baseline
     without a position axis, and step positions known on the host (not under an outer jit)."""
     return (method not in ATTENTION_METHODS and not adapter.is_encoder_decoder and layer is None
+            # a fit over all positions (LIME) changes when later positions are cut off
+            and "position_mask" not in inspect.signature(method).parameters
             and not n_dropout and not isinstance(batch.step_positions, jax.core.Tracer)
             and all(is_separable(f) for f in (target_fn, *(f for _, f, _ in step_fns)))
             and (baseline is None

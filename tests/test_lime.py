@@ -55,3 +55,11 @@ def test_pipeline_batch_invariance(gpt2):
         a, b = batched[i].target_attributions, alone.target_attributions
         np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
         assert np.nanmax(np.abs(a - b)) <= 1e-4 * np.nanmax(np.abs(b))
+
+
+def test_prefix_groups_do_not_change_the_fit(gpt2):
+    # The ridge fit spans every position: attributing groups of steps on shorter prefixes
+    # would drop regressors and change it, so LIME always runs the one-pass program.
+    a = gpt2.attribute(PROMPTS[0], FULL[0], method="lime", n_samples=8)[0]
+    b = gpt2.attribute(PROMPTS[0], FULL[0], method="lime", n_samples=8, prefix_groups=3)[0]
+    np.testing.assert_array_equal(a.target_attributions, b.target_attributions)
