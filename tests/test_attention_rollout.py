@@ -85,4 +85,4 @@ def test_encoder_decoder_is_a_clear_error(marian):
 
 def test_listed():
     import jaxattr
-    assert "attention_rollout" in jaxattr.list_methods()
+    assert {"attention_rollout", "deeplift", "lime"} <= set(jaxattr.list_methods())
