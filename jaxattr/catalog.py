@@ -12,13 +12,13 @@ LAYER_METHODS = {"layer_integrated_gradients": "integrated_gradients",
                  "layer_gradient_x_activation": "input_x_gradient",
                  "layer_saliency": "saliency"}
 # Methods that need a model (not pure functions of a score function).
-MODEL_METHODS = tuple(sorted(LAYER_METHODS)) + ("attention",)
+MODEL_METHODS = tuple(sorted(LAYER_METHODS)) + ("attention", "attention_rollout")
 
 
 def list_methods() -> list[str]:
     """Every method name ``model.attribute(method=...)`` accepts: the functional methods
     (``saliency`` …, and the noise tunnels ``smoothgrad`` / ``smoothgrad_sq`` / ``vargrad``
-    around saliency), the layer methods and ``attention``; sorted."""
+    around saliency), the layer methods, ``attention`` and ``attention_rollout``; sorted."""
     return sorted(set(METHODS) | set(NOISE_TUNNEL_TYPES) | set(MODEL_METHODS))
 
 

@@ -20,7 +20,8 @@ from .catalog import LAYER_METHODS, list_methods
 from .generation import new_tokens
 from .methods import get_method, integrated_gradients
 from .methods._common import check_finite, count
-from .pipeline import ModelBatch, attribute_batch, resolve_layer, split_kwargs
+from .pipeline import (ATTENTION_METHODS, ROLLOUT_ENC_DEC_ERROR, ModelBatch, attribute_batch,
+                       resolve_layer, split_kwargs)
 from .prefix_groups import check_prefix_groups
 from .results import AttributionOutput, SequenceAttribution
 from .targets import get_target, target_needs
@@ -470,13 +471,15 @@ class AttributionModel:
         prefix_groups = kwargs.pop("prefix_groups", "auto")
         check_prefix_groups(prefix_groups)
         aggregator = kwargs.pop("aggregator", None) or (
-            "mean" if method == "attention" else "vnorm")
+            "mean" if method in ATTENTION_METHODS else "vnorm")
         if layer is not None:
             layer = resolve_layer(self.adapter, layer)
-        if method == "attention":
+        if method in ATTENTION_METHODS:
             if layer is not None:
-                raise ValueError("`layer` does not apply to method='attention'.")
-            method_fn = "attention"
+                raise ValueError(f"`layer` does not apply to method={method!r}.")
+            if method == "attention_rollout" and self.is_encoder_decoder:
+                raise ValueError(ROLLOUT_ENC_DEC_ERROR)
+            method_fn = method
         elif isinstance(method, str) and method not in list_methods():
             raise ValueError(
                 f"Unknown attribution method {method!r}. Available: {list_methods()} "
@@ -489,7 +492,7 @@ class AttributionModel:
             kwargs["method"] = kwargs.pop("quadrature")
         step_targets = [(_fn_name(s), get_target(s)) for s in step_scores]
         owners = {"attributed_fn": target_fn}
-        if method_fn != "attention":
+        if method_fn not in ATTENTION_METHODS:
             owners["method"] = method_fn
         owners.update({f"step:{name}": fn for name, fn in step_targets})
         try:
@@ -539,7 +542,7 @@ class AttributionModel:
         attribute_source = self.is_encoder_decoder
         attribute_target = attribute_target or not self.is_encoder_decoder
 
-        uses_baseline = (method_fn != "attention"
+        uses_baseline = (method_fn not in ATTENTION_METHODS
                          and "baseline" in inspect.signature(method_fn).parameters)
         baseline_ids_kind, baseline_arrays = None, None
         if uses_baseline:

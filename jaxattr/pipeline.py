@@ -19,6 +19,7 @@ from flax import struct
 from .adapters import ModelAdapter
 from .internals.sites import SiteError, is_raw_path, parse_site, resolve_sites
 from .methods._common import as_key, example_identity
+from .methods.attention_rollout import attention_rollout
 from .methods.gradient import input_x_gradient, saliency
 from .methods.separable import is_separable, step_separable
 from .prefix_groups import (check_prefix_groups, one_pass_flops, plan_prefix_groups,
@@ -27,7 +28,16 @@ from .results import BatchAttribution
 from .targets import TargetBatch
 
 __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs",
-           "keyword_names", "example_ids", "example_keys", "resolve_layer"]
+           "keyword_names", "example_ids", "example_keys", "resolve_layer",
+           "ATTENTION_METHODS", "ROLLOUT_ENC_DEC_ERROR"]
+
+# Methods read from the attention patterns of one forward (no score function, no gradient).
+ATTENTION_METHODS = ("attention", "attention_rollout")
+ROLLOUT_ENC_DEC_ERROR = (
+    "method='attention_rollout' supports decoder-only models: through an encoder-decoder the "
+    "rollout would have to mix encoder self-attention, decoder self-attention and "
+    "cross-attention, which Abnar & Zuidema do not define. Use method='attention' (the "
+    "cross-attention per layer and head) for this model.")
 
 
 @struct.dataclass
@@ -293,6 +303,11 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     kwargs = dict(method_kwargs)
     if takes_baseline:
         kwargs["baseline"] = base_x
+    if layer is None and "position_mask" in inspect.signature(method).parameters:
+        # Real tokens (1) vs padding (0) per attributed side, for methods whose result
+        # depends on which positions exist (LIME's regression).
+        kwargs["position_mask"] = {side: batch.source_mask if side == "source"
+                                   else batch.target_mask for side in x}
     keys = example_keys(method, kwargs, batch)
     if keys is not None:
         kwargs["key"] = keys
@@ -367,13 +382,17 @@ def _assemble(attr: dict, batch: ModelBatch, step_scores: dict, attribute_source
 
 def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, target_kwargs,
                     step_fns, attribute_source, attribute_target, contrast_forward=False,
-                    reduce_hidden=None):
+                    reduce_hidden=None, rollout=False):
     """Attention weights as attributions, from the same single forward.
 
     Result trailing axes are ``[layers, heads]``: decoder-only, the self-attention of the
     query that predicts each step; encoder-decoder, the cross-attention (source rows) and the
-    decoder self-attention (target rows).
+    decoder self-attention (target rows). With ``rollout`` (decoder-only), the attention
+    rollout through all layers (:func:`jaxattr.methods.attention_rollout`) of that query,
+    with one trailing axis of size 1.
     """
+    if rollout and adapter.is_encoder_decoder:
+        raise ValueError(ROLLOUT_ENC_DEC_ERROR)
     out = adapter.forward(target_ids=batch.target_ids, target_mask=batch.target_mask,
                           source_ids=batch.source_ids, source_mask=batch.source_mask,
                           output_attentions=True, positions=batch.step_positions - 1)
@@ -385,9 +404,12 @@ def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, targ
     q = batch.step_positions - 1  # query position predicting each step [B, T]
 
     def per_step(weights):  # tuple of [B, heads, Lq, Lk] -> [T, B, Lk, layers, heads]
+        if rollout:  # [B, Lq, Lk] as one layer and one head
+            weights = (attention_rollout(weights)[:, None],)
         w = jnp.stack(weights, axis=0)  # [layers, B, heads, Lq, Lk]
         w = jnp.take_along_axis(w, q[None, :, None, :, None], axis=3)  # [layers,B,heads,T,Lk]
-        return jnp.transpose(w, (3, 1, 4, 0, 2))
+        w = jnp.transpose(w, (3, 1, 4, 0, 2))
+        return w[..., 0] if rollout else w  # rollout: [T, B, Lk, 1]
 
     attr = {}
     if adapter.is_encoder_decoder:
@@ -435,7 +457,7 @@ _attribute_jit = jax.jit(_traced, static_argnames=(
     "reduce_hidden", "split_head"))
 _attention_jit = jax.jit(_attention_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
-    "contrast_forward", "reduce_hidden"))
+    "contrast_forward", "reduce_hidden", "rollout"))
 
 
 def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, *,
@@ -466,7 +488,8 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
         activations are attributed instead of the token embeddings (layer methods). Several
         sites add a site axis before the hidden axis; saliency and gradient x activation get
         them all from one forward and one set of VJPs. ``method`` may also be the string
-        ``"attention"``: attention weights from the single forward.
+        ``"attention"`` (attention weights from the single forward) or
+        ``"attention_rollout"`` (their rollout through all layers; decoder-only).
       split_head: when ``target_fn`` is step-separable (:func:`jaxattr.targets.separable`;
         all built-in targets) and no MC-dropout forwards are asked for, back-propagate
         through the language-model head once (:func:`jaxattr.methods.step_separable`)
@@ -492,7 +515,7 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                              dropout_seed=dropout_seed, layer=layer, reduce_hidden=reduce_hidden,
                              split_head=split_head)
     check_prefix_groups(prefix_groups)
-    if (method != "attention" and batch.example_ids is None
+    if (method not in ATTENTION_METHODS and batch.example_ids is None
             and "key" in inspect.signature(method).parameters):
         # Named before prefix groups cut the target: every group keys on the whole example.
         args = (adapter, batch.replace(example_ids=example_ids(batch))) + tuple(args[2:])
@@ -522,7 +545,9 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
     """Prefix groups give the one-pass result: a causal decoder, embeddings attributed, step
     scores that read their own step only, no MC dropout (its keys would differ), a baseline
     without a position axis, and step positions known on the host (not under an outer jit)."""
-    return (method != "attention" and not adapter.is_encoder_decoder and layer is None
+    return (method not in ATTENTION_METHODS and not adapter.is_encoder_decoder and layer is None
+            # a fit over all positions (LIME) changes when later positions are cut off
+            and "position_mask" not in inspect.signature(method).parameters
             and not n_dropout and not isinstance(batch.step_positions, jax.core.Tracer)
             and all(is_separable(f) for f in (target_fn, *(f for _, f, _ in step_fns)))
             and (baseline is None
@@ -531,7 +556,8 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
 
 def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,
           method_kwargs=(), split_head=True, **common):
-    if method == "attention":
+    if method in ATTENTION_METHODS:
+        common = dict(common, rollout=method == "attention_rollout")
         return (_attention_jit if jit else _attention_impl), (adapter, batch), common
     return ((_attribute_jit if jit else _attribute_impl), (adapter, batch, baseline),
             dict(common, method=method, method_kwargs=method_kwargs, n_dropout=n_dropout,

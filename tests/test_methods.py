@@ -524,7 +524,7 @@ def test_has_aux_returns_aux_and_same_attributions(name):
 
 def test_registry():
     for name in ("saliency", "input_x_gradient", "integrated_gradients", "gradient_shap",
-                 "sequential_integrated_gradients", "occlusion"):
+                 "sequential_integrated_gradients", "occlusion", "deeplift", "lime"):
         assert get_method(name) is METHODS[name]
         assert getattr(jaxattr, name) is METHODS[name]
     assert get_method(smoothgrad(saliency)) is smoothgrad(saliency)

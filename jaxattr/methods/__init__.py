@@ -3,9 +3,12 @@
 Nothing here imports transformers or flax: every method works on any JAX function.
 """
 from ._vjp import per_output_grads
+from .attention_rollout import attention_rollout
+from .deeplift import DEEPLIFT_RULES, deeplift
 from .gradient import input_x_gradient, saliency
 from .gradient_shap import gradient_shap
 from .integrated_gradients import integrated_gradients
+from .lime import lime
 from .noise_tunnel import NOISE_TUNNEL_TYPES, noise_tunnel, smoothgrad, smoothgrad_sq, vargrad
 from .occlusion import occlusion
 from .quadrature import QUADRATURE_RULES, quadrature
@@ -16,7 +19,8 @@ __all__ = ["per_output_grads", "step_separable", "separable", "is_separable", "s
            "input_x_gradient", "integrated_gradients",
            "gradient_shap", "sequential_integrated_gradients", "occlusion",
            "smoothgrad", "smoothgrad_sq", "vargrad", "noise_tunnel", "NOISE_TUNNEL_TYPES",
-           "quadrature", "QUADRATURE_RULES", "METHODS", "get_method"]
+           "quadrature", "QUADRATURE_RULES", "METHODS", "get_method", "attention_rollout",
+           "deeplift", "DEEPLIFT_RULES", "lime"]
 
 METHODS = {
     "saliency": saliency,
@@ -29,6 +33,8 @@ METHODS = {
     "smoothgrad": smoothgrad(saliency),
     "smoothgrad_sq": smoothgrad_sq(saliency),
     "vargrad": vargrad(saliency),
+    "deeplift": deeplift,
+    "lime": lime,
 }
 
 
@@ -42,5 +48,5 @@ def get_method(method):
         raise ValueError(
             f"Unknown attribution method {method!r}. Available: {sorted(METHODS)}; with a "
             "model also layer_integrated_gradients, layer_gradient_x_activation, "
-            "layer_saliency and attention (jaxattr.list_methods()); or pass a function "
+            "layer_saliency, attention and attention_rollout (jaxattr.list_methods()); or pass a function "
             "`method(score_fn, x, *, has_aux, ...)`.") from None
