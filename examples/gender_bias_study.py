@@ -55,7 +55,7 @@ p_fem = None
 for method in ("saliency", "integrated_gradients", "input_x_gradient"):
     out = model.attribute(sources, fem, method=method, attr_pos_start=1, attr_pos_end=2,
                           step_scores=("probability",), show_progress=False)
-    agg = out.aggregate()
+    agg = out.aggregate("vnorm")   # L2 over hidden for every method, as the Inseq study
     col = np.stack([s.source_attributions[:, 0] for s in agg.sequence_attributions])  # [N, S]
     rows[method] = (col[:, 1].reshape(len(occs), -1).mean(1),     # the occupation
                     col[:, 0].reshape(len(occs), -1).mean(1))     # the source article "the"

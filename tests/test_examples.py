@@ -94,8 +94,41 @@ def check_probing_gender(out, tmp):
     assert os.path.exists(os.path.join(tmp, "probe.json"))
 
 
+def check_factual_knowledge(out, tmp):
+    n, = _find(r"(\d+) held-out prompts answered right", out)
+    assert int(n) >= 1
+    clean, noised = (float(v) for v in _find(
+        rf"p\(answer\): clean {NUM}, subject noised {NUM}", out)[0])
+    assert clean > noised
+    # restoring the last token's block output at the last layer restores the whole final
+    # state there: its indirect effect is exactly clean - noised (to the printed rounding)
+    block = out.split("average indirect effect (hidden state)")[1].split("p(answer)")[0]
+    last_row = [l for l in block.splitlines() if l.startswith("last (")][0]
+    assert abs(float(last_row.split()[-1]) - (clean - noised)) <= 0.003
+    for v in _find(rf"(?:hidden|mlp|attn) +{NUM}\n", out):
+        assert -1.0 <= float(v) <= 1.0                      # Spearman correlations
+
+
+def check_gender_bias_study(out, tmp):
+    from jaxattr.zoo import tasks
+    rows = _find(r"\| (\w+) \| ([0-9.]+) \| ([0-9.]+) \| (.+) \|\n", out)
+    assert {r[0] for r in rows} == set(tasks.OCCUPATIONS)
+    for occ, skew, p_fem, cells in rows:
+        # the corpus skew is known from the generator: 0.84 feminine-stereotyped, else 0.16
+        assert float(skew) == (0.84 if tasks.OCCUPATIONS[occ][1] == "f" else 0.16)
+        assert 0.0 <= float(p_fem) <= 1.0
+        for pair in cells.split(" | "):
+            occ_share, art_share = (float(v) for v in pair.split(" / "))
+            assert 0.0 <= occ_share and 0.0 <= art_share and occ_share + art_share <= 1.0001
+    taus = _find(rf"Kendall τ-b vs training skew\*\* \| 1 \| {NUM}", out)
+    assert -1.0 <= float(taus[0]) <= 1.0
+    for block in _find(r"summed log-share NIE per block: (.+)\n", out):
+        assert all(abs(float(v.split()[-1])) < 10 for v in block.split(", "))
+
+
 ARGS = {"quickstart.py": ["--out", "{tmp}"], "attribute_dataset.py": ["--out", "{tmp}"],
-        "probing_gender.py": ["--out", "{tmp}"], "pecore_demo.py": ["--n", "40"]}
+        "probing_gender.py": ["--out", "{tmp}"], "pecore_demo.py": ["--n", "40"],
+        "factual_knowledge.py": ["--n", "3", "--samples", "3"]}
 
 CHECKS = {name[len("check_"):] + ".py": fn for name, fn in globals().items()
           if name.startswith("check_")}
