@@ -20,7 +20,7 @@ def mt():
 
 
 def test_registry():
-    assert set(zoo.BUNDLED) == {"toy-recall", "toy-mt", "toy-context"}
+    assert set(zoo.BUNDLED) == {"toy-recall", "toy-mt", "toy-context", "toy-facts"}
     for name in zoo.BUNDLED:
         card = zoo.card(name)
         assert card.startswith(f"# {name}")

@@ -10,7 +10,6 @@ from typing import Any, Union
 
 import numpy as np
 
-from ..render.grid import grid_figure, grid_html, grid_text
 
 __all__ = ["PatchingResult", "TraceResult", "TraceAverage", "MediationResult", "load_result"]
 
@@ -122,16 +121,19 @@ class PatchingResult(_Saved):
         title = (f"activation patching ({self.info.get('method')}, {self.info.get('direction')},"
                  f" {self.info.get('metric')}{', normalised' if normalized else ''}): clean "
                  f"{self.clean[index]:.4g}, corrupted {self.corrupted[index]:.4g}")
+        from ..render.grid import grid_text
         return grid_text(g, rows, cols, title=title, digits=digits)
 
     def to_html(self, index: int = 0, *, normalized: bool = True, **kwargs) -> str:
         """HTML heatmap of pair ``index``."""
         g, rows, cols = self._grid(index, normalized)
+        from ..render.grid import grid_html
         return grid_html(g, rows, cols, title="activation patching", **kwargs)
 
     def figure(self, index: int = 0, *, normalized: bool = True, **kwargs):
         """Matplotlib heatmap of pair ``index``."""
         g, rows, cols = self._grid(index, normalized)
+        from ..render.grid import grid_figure
         return grid_figure(g, rows, cols, title="activation patching", xlabel="position",
                            ylabel="site", **kwargs)
 
@@ -178,16 +180,19 @@ class TraceResult(_Saved):
     def to_text(self, *, digits: int = 2) -> str:
         """Terminal table (tokens × layers)."""
         g, rows, cols = self._grid()
+        from ..render.grid import grid_text
         return grid_text(g, rows, cols, title=self._title(), digits=digits, col_width=6)
 
     def to_html(self, **kwargs) -> str:
         """HTML heatmap (tokens × layers)."""
         g, rows, cols = self._grid()
+        from ..render.grid import grid_html
         return grid_html(g, rows, cols, title=self._title(), signed=False, **kwargs)
 
     def figure(self, **kwargs):
         """ROME-style matplotlib heatmap (tokens × layers)."""
         g, rows, cols = self._grid()
+        from ..render.grid import grid_figure
         return grid_figure(g, rows, cols, title=self._title(), signed=False, xlabel="layer",
                            cbar_label="p(answer)", **kwargs)
 
@@ -224,14 +229,17 @@ class TraceAverage(_Saved):
     def to_text(self, *, digits: int = 3) -> str:
         """Terminal table (categories × layers)."""
         g, rows, cols = self._grid()
+        from ..render.grid import grid_text
         return grid_text(g, rows, cols, title=self._title(), digits=digits, col_width=7)
 
     def to_html(self, **kwargs) -> str:
         g, rows, cols = self._grid()
+        from ..render.grid import grid_html
         return grid_html(g, rows, cols, title=self._title(), **kwargs)
 
     def figure(self, **kwargs):
         g, rows, cols = self._grid()
+        from ..render.grid import grid_figure
         return grid_figure(g, rows, cols, title=self._title(), xlabel="layer",
                            cbar_label="average indirect effect", **kwargs)
 
@@ -307,6 +315,7 @@ class MediationResult(_Saved):
 
     def figure(self, **kwargs):
         m = self.mean_indirect()
+        from ..render.grid import grid_figure
         return grid_figure(m, self._rows(),
                            [str(u) for u in range(m.shape[1])], xlabel=self.mediator,
                            ylabel="layer", title="mean natural indirect effect",
