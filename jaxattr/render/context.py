@@ -11,14 +11,13 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 
 from ..context.selection import select_tokens
 from ._common import diverging_rgb, display_token, scale_max
-from .html import _CSS, CSP, _esc, _fg, _hex
+from .html import _CSS, _esc, _fg, _hex, page
 
 __all__ = ["context_to_text", "context_to_html", "salient_cues"]
 
@@ -176,14 +175,4 @@ def context_to_html(out, *, full_page: bool = True, title: Optional[str] = None,
         body.append("</section>")
     body.append("</div>")
     css = f"<style>{_CSS}{_EXTRA_CSS}</style>"
-    if full_page:
-        text = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-                '<meta name="viewport" content="width=device-width,initial-scale=1">'
-                f"<title>{_esc(title)}</title>{css}</head>\n<body>\n"
-                + "\n".join(body) + "\n</body></html>\n")
-    else:
-        text = css + "\n" + "\n".join(body)
-    if path is not None:
-        Path(path).write_text(text, encoding="utf-8")
-    return text
+    return page(body, css, title=title, full_page=full_page, path=path)

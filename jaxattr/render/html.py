@@ -263,17 +263,7 @@ def to_html(x, *, full_page: bool = True, title: Optional[str] = None, digits: i
         body.append("</section>")
     body.append("</div>")
     css = f"<style>{_CSS}{_rule_css(n_cols)}</style>"
-    if full_page:
-        text = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-                f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-                '<meta name="viewport" content="width=device-width,initial-scale=1">'
-                f"<title>{_esc(title)}</title>{css}</head>\n<body>\n"
-                + "\n".join(body) + "\n</body></html>\n")
-    else:
-        text = css + "\n" + "\n".join(body)
-    if path is not None:
-        Path(path).write_text(text, encoding="utf-8")
-    return text
+    return page(body, css, title=title, full_page=full_page, path=path)
 
 
 def save_html(x, path: Union[str, os.PathLike], **kwargs) -> Path:
@@ -293,3 +283,20 @@ class HtmlReport:
 
     def __str__(self) -> str:
         return self.html
+
+
+def page(body, css: str, *, title: str, full_page: bool = True, path=None) -> str:
+    """Join ``body`` lines under ``css`` into a self-contained page (this module's
+    Content-Security-Policy: nothing fetched) or, without ``full_page``, a fragment; written to
+    ``path`` when given."""
+    if full_page:
+        text = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+                f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+                '<meta name="viewport" content="width=device-width,initial-scale=1">'
+                f"<title>{_esc(title)}</title>{css}</head>\n<body>\n"
+                + "\n".join(body) + "\n</body></html>\n")
+    else:
+        text = css + "\n" + "\n".join(body)
+    if path is not None:
+        Path(path).write_text(text, encoding="utf-8")
+    return text
