@@ -16,6 +16,8 @@ from .encoding import (EncodedSequence, InputError, _as_list, _check_length, _ch
                        _resolve_span, _strip_trailing_eos, align_contrast, encode_decoder_only,
                        encode_encoder_decoder, pad_batch, pad_contrast)
 from .aggregate import default_aggregator
+from .baselines import BaselineSet, is_baseline_set, plan_baseline_set
+from .baselines import describe as describe_baseline
 from .catalog import LAYER_METHODS, list_methods
 from .generation import new_tokens
 from .methods import get_method, integrated_gradients
@@ -343,7 +345,10 @@ class AttributionModel:
           show_progress: progress bar over batches when there is more than one.
           baseline: integrated-gradients baseline: ``"unk"`` (UNK embedding — PAD when the
             tokenizer has no UNK — at every non-special position), ``"pad"``, ``"zeros"``, or
-            an array broadcastable to the embeddings ``[..., H]``.
+            an array broadcastable to the embeddings ``[..., H]``. ``gradient_shap`` also
+            takes a set to sample from (:mod:`jaxattr.baselines`): a list such as
+            ``["unk", "zeros", vec_H]``, an array ``[n_baselines, H]``, or
+            ``[n_baselines, L, H]`` for inputs of ``L`` attributed tokens.
           contrast_targets: alternative outputs for contrastive targets (``contrast_prob_diff``
             …), one per input; decoder-only: full texts (a prompt — the same or another — plus
             the alternative continuation); encoder-decoder: alternative outputs.
@@ -546,7 +551,11 @@ class AttributionModel:
                          and "baseline" in inspect.signature(method_fn).parameters)
         baseline_ids_kind, baseline_arrays = None, None
         if uses_baseline:
-            if isinstance(baseline, str):
+            if is_baseline_set(baseline):  # gradient SHAP's distribution of baselines
+                baseline_arrays, baseline_ids_kind = plan_baseline_set(
+                    self.adapter, baseline, method_fn, seqs, attribute_source=attribute_source,
+                    attribute_target=attribute_target, layer=layer)
+            elif isinstance(baseline, str):
                 if baseline not in BASELINES:
                     raise ValueError(f"Unknown baseline {baseline!r}; use one of {BASELINES} "
                                      "or an array broadcastable to the embeddings.")
@@ -584,7 +593,9 @@ class AttributionModel:
             "layer": ", ".join(layer) if layer else None,
             "attributed_fn_kwargs": dict(routed["attributed_fn"]),
             "attribute_target": bool(attribute_target),
-            "baseline": baseline if isinstance(baseline, str) or baseline is None else "array",
+            "baseline": (baseline if isinstance(baseline, str) or baseline is None
+                         else describe_baseline(baseline) if isinstance(baseline_arrays, BaselineSet)
+                         else "array"),
             "granular": bool(granular),
             "aggregator": None if granular else aggregator,
             "batch_size": batch_size,

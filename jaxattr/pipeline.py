@@ -17,6 +17,7 @@ import numpy as np
 from flax import struct
 
 from .adapters import ModelAdapter
+from .baselines import BaselineSet
 from .internals.sites import SiteError, is_raw_path, parse_site, resolve_sites
 from .methods._common import as_key, example_identity
 from .methods.attention_rollout import attention_rollout
@@ -438,7 +439,11 @@ def _baseline(adapter, batch, baseline, x):
     out = {}
     for side, emb in x.items():
         ids = batch.baseline_source_ids if side == "source" else batch.baseline_target_ids
-        if ids is not None:
+        if isinstance(baseline, BaselineSet):  # [n_baselines, B, L, H], sampled per example
+            role = "encoder" if side == "source" else "decoder"
+            out[side] = baseline.embeddings(
+                None if ids is None else adapter.embed(ids, side=role), emb.shape)
+        elif ids is not None:
             out[side] = adapter.embed(ids, side="encoder" if side == "source" else "decoder")
         elif baseline is None:
             out[side] = jnp.zeros_like(emb)
@@ -561,7 +566,8 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
             and not n_dropout and not isinstance(batch.step_positions, jax.core.Tracer)
             and all(is_separable(f) for f in (target_fn, *(f for _, f, _ in step_fns)))
             and (baseline is None
-                 or (not isinstance(baseline, dict) and jnp.ndim(baseline) < 2)))
+                 or (isinstance(baseline, BaselineSet) and not baseline.per_position)
+                 or (not isinstance(baseline, (dict, BaselineSet)) and jnp.ndim(baseline) < 2)))
 
 
 def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,

@@ -83,6 +83,10 @@ def gradient_shap(
     return with_aux(attr, score_fn, x, has_aux)
 
 
+# Declares that ``baseline`` may be a set to sample from (read by ``model.attribute``).
+gradient_shap.samples_baseline_sets = True
+
+
 def baseline_set(x: Any, baseline: Any):
     """``baseline`` as a set of baselines (a pytree like ``x`` whose leaves have one extra
     leading axis ``[n_baselines, *leaf.shape]``), or ``None`` when it is a single baseline."""
