@@ -29,7 +29,7 @@ from .results import BatchAttribution
 from .targets import TargetBatch
 
 __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs",
-           "keyword_names", "example_ids", "example_keys", "resolve_layer",
+           "keyword_names", "example_ids", "example_keys", "dropout_keys", "resolve_layer",
            "ATTENTION_METHODS", "ROLLOUT_ENC_DEC_ERROR"]
 
 # Methods read from the attention patterns of one forward (no score function, no gradient).
@@ -125,6 +125,15 @@ def example_keys(method: Callable, method_kwargs: dict, batch: ModelBatch):
         raise ValueError("model.attribute(key=...) takes one PRNG key or an integer seed; "
                          "each example's key is folded from it with the example's identity.")
     return jax.vmap(jax.random.fold_in, (None, 0))(base, example_ids(batch))
+
+
+def dropout_keys(seed: int, n_forwards: int, ids: jax.Array) -> jax.Array:
+    """Typed keys ``[n_forwards, B]`` of the MC-dropout forwards: forward ``k`` of example
+    ``b`` draws its masks from ``fold_in(fold_in(key(seed), k), ids[b])`` (``ids``: each
+    example's identity, :func:`example_ids`), so they do not depend on its row or batch."""
+    per_forward = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed),
+                                                            jnp.arange(n_forwards))
+    return jax.vmap(lambda k: jax.vmap(jax.random.fold_in, (None, 0))(k, ids))(per_forward)
 
 
 def _gather_steps(values: jax.Array, positions: jax.Array) -> jax.Array:
@@ -298,8 +307,8 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
         else:
             step_logits = step_logits_of(xd)
         tb = tbatch
-        if n_dropout:
-            keys = jax.random.split(jax.random.PRNGKey(dropout_seed), n_dropout)
+        if n_dropout:  # [K, B] keys: each example's masks from its own identity
+            keys = dropout_keys(dropout_seed, n_dropout, example_ids(batch))
             tb = tb.replace(dropout_logits=jax.vmap(lambda k: step_logits_of(xd, k))(keys))
         scores = target_fn(step_logits, tb, **dict(target_kwargs)) * batch.step_mask
         return scores, (step_logits, tb, scores)
@@ -487,7 +496,8 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
       contrast_forward: run the contrastive forward (``batch.contrast_*``) for
         ``TargetBatch.contrast_logits``.
       n_dropout: number of dropout forwards for ``TargetBatch.dropout_logits`` (MC dropout),
-        keys split from ``dropout_seed``; they see the attributed embeddings.
+        keys from ``dropout_seed`` folded with each example's identity (:func:`dropout_keys`:
+        batch- and padding-invariant masks); they see the attributed embeddings.
       layer: sites (from :func:`resolve_layer`: site names or raw module paths) whose
         activations are attributed instead of the token embeddings (layer methods). Several
         sites add a site axis before the hidden axis; saliency and gradient x activation get
