@@ -28,6 +28,7 @@ from .model import AttributionModel, load_model
 from .pipeline import ModelBatch, attribute_batch
 from .results import AttributionOutput, BatchAttribution, SequenceAttribution
 from . import io
+from . import render  # fills jaxattr.views: results dispatch show/to_html/… by name
 from . import evaluate
 from . import context
 from .context import attribute_context

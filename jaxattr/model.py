@@ -22,6 +22,7 @@ from .catalog import LAYER_METHODS, list_methods
 from .generation import new_tokens
 from .methods import get_method, integrated_gradients
 from .methods._common import check_finite, count
+from .methods.needs import needs_of
 from .pipeline import (ATTENTION_METHODS, ROLLOUT_ENC_DEC_ERROR, ModelBatch, attribute_batch,
                        resolve_layer, split_kwargs)
 from .prefix_groups import check_prefix_groups
@@ -493,12 +494,10 @@ class AttributionModel:
         else:
             method_fn = get_method(LAYER_METHODS.get(method, method))
         target_fn = get_target(attributed_fn)
-        if "quadrature" in kwargs:
-            kwargs["method"] = kwargs.pop("quadrature")
         step_targets = [(_fn_name(s), get_target(s)) for s in step_scores]
         owners = {"attributed_fn": target_fn}
         if method_fn not in ATTENTION_METHODS:
-            owners["method"] = method_fn
+            owners["method"] = needs_of(method_fn).options
         owners.update({f"step:{name}": fn for name, fn in step_targets})
         try:
             routed = split_kwargs(kwargs, owners)
@@ -547,8 +546,7 @@ class AttributionModel:
         attribute_source = self.is_encoder_decoder
         attribute_target = attribute_target or not self.is_encoder_decoder
 
-        uses_baseline = (method_fn not in ATTENTION_METHODS
-                         and "baseline" in inspect.signature(method_fn).parameters)
+        uses_baseline = method_fn not in ATTENTION_METHODS and needs_of(method_fn).baseline
         baseline_ids_kind, baseline_arrays = None, None
         if uses_baseline:
             if is_baseline_set(baseline):  # gradient SHAP's distribution of baselines

@@ -22,6 +22,7 @@ from .internals.sites import SiteError, is_raw_path, parse_site, resolve_sites
 from .methods._common import as_key, example_identity
 from .methods.attention_rollout import attention_rollout
 from .methods.gradient import input_x_gradient, saliency
+from .methods.needs import needs_of
 from .methods.separable import is_separable, step_separable
 from .prefix_groups import (check_prefix_groups, one_pass_flops, plan_prefix_groups,
                              stitch_groups, truncate_batch)
@@ -80,11 +81,13 @@ def keyword_names(fn: Callable) -> set:
 def split_kwargs(kwargs: dict, owners: dict) -> dict:
     """Route each keyword to the functions (by role) that declare it.
 
-    ``owners`` maps a role (``"method"``, ``"attributed_fn"``) to a function. A keyword no
-    function declares raises, naming the accepted ones.
+    ``owners`` maps a role (``"method"``, ``"attributed_fn"``) to the set of keyword names
+    it takes (a method's ``needs_of(method).options``) or to a function whose keywords are
+    read (targets). A keyword nobody declares raises, naming the accepted ones.
     """
     routed = {role: {} for role in owners}
-    declared = {role: keyword_names(fn) for role, fn in owners.items()}
+    declared = {role: (set(fn) if isinstance(fn, (set, frozenset)) else keyword_names(fn))
+                for role, fn in owners.items()}
     for key, value in kwargs.items():
         hits = [role for role, names in declared.items() if key in names]
         if not hits:
@@ -111,14 +114,14 @@ def example_ids(batch: ModelBatch) -> jax.Array:
 
 
 def example_keys(method: Callable, method_kwargs: dict, batch: ModelBatch):
-    """Per-example PRNG keys ``[B]`` for a method that draws random numbers (declares ``key``):
-    the method's key (given or its default) folded with each example's identity, so that an
-    example's noise is the same alone, in any batch, at any row, padded to any length, and
-    sharded. ``None`` for methods without a ``key``."""
-    params = inspect.signature(method).parameters
-    if "key" not in params:
+    """Per-example PRNG keys ``[B]`` for a method that draws random numbers (declares
+    ``key``): the method's key (given or its declared default) folded with each example's
+    identity, so that an example's noise is the same alone, in any batch, at any row, padded
+    to any length, and sharded. ``None`` for methods without a ``key``."""
+    needs = needs_of(method)
+    if not needs.key:
         return None
-    base = as_key(method_kwargs.get("key", params["key"].default))
+    base = as_key(method_kwargs.get("key", needs.key_default))
     if base.ndim != 0:
         raise ValueError("model.attribute(key=...) takes one PRNG key or an integer seed; "
                          "each example's key is folded from it with the example's identity.")
@@ -274,7 +277,8 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
             capture=capture, patch=patch, positions=batch.step_positions - 1,
             return_head=split)
 
-    takes_baseline = "baseline" in inspect.signature(method).parameters
+    needs = needs_of(method)
+    takes_baseline = needs.baseline
     all_embeds = ({"source": src_embeds, "target": tgt_embeds} if adapter.is_encoder_decoder
                   else {"target": tgt_embeds})
     x, forward, base_x = _attributed_inputs(adapter, batch, baseline, run, emb, all_embeds,
@@ -313,7 +317,7 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     kwargs = dict(method_kwargs)
     if takes_baseline:
         kwargs["baseline"] = base_x
-    if layer is None and "position_mask" in inspect.signature(method).parameters:
+    if layer is None and needs.position_mask:
         # Real tokens (1) vs padding (0) per attributed side, for methods whose result
         # depends on which positions exist (LIME's regression).
         kwargs["position_mask"] = {side: batch.source_mask if side == "source"
@@ -325,7 +329,7 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
 
     step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
                    for name, fn, kw in step_fns}
-    if "return_convergence_delta" in inspect.signature(method).parameters:
+    if needs.completeness:
         # Completeness per (sequence, step): Σ attributions − (s(x) − s(baseline)).
         base_scores = score_fn(base_x)[0]
         total = sum(a.reshape(a.shape[:2] + (-1,)).sum(-1) for a in attr.values())  # [T, B]
@@ -531,7 +535,7 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                              split_head=split_head)
     check_prefix_groups(prefix_groups)
     if (method not in ATTENTION_METHODS and batch.example_ids is None
-            and "key" in inspect.signature(method).parameters):
+            and needs_of(method).key):
         # Named before prefix groups cut the target: every group keys on the whole example.
         args = (adapter, batch.replace(example_ids=example_ids(batch))) + tuple(args[2:])
         batch = args[1]
@@ -562,7 +566,7 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
     without a position axis, and step positions known on the host (not under an outer jit)."""
     return (method not in ATTENTION_METHODS and not adapter.is_encoder_decoder and layer is None
             # a fit over all positions (LIME) changes when later positions are cut off
-            and "position_mask" not in inspect.signature(method).parameters
+            and not needs_of(method).position_mask
             and not n_dropout and not isinstance(batch.step_positions, jax.core.Tracer)
             and all(is_separable(f) for f in (target_fn, *(f for _, f, _ in step_fns)))
             and (baseline is None

@@ -21,6 +21,7 @@ from jaxattr import (gradient_shap, input_x_gradient, integrated_gradients, sali
 from jaxattr.adapters.dropout import keyed_mask
 from jaxattr.methods import METHODS, lime
 from jaxattr.methods._common import draw_noise, example_identity
+from jaxattr.methods.needs import needs_of
 
 from conftest import FULL, PROMPTS, SOURCES, TARGETS
 
@@ -97,7 +98,7 @@ def test_functional_per_example_keys_equal_one_example_at_a_time(method):
     x = jax.random.normal(jax.random.key(3), (3, 4, 5))
     keys = jax.random.split(jax.random.key(9), 3)
     extra = ({"stdevs": 0.4} if method is gradient_shap
-             else {"n_steps": 4} if "n_steps" in str(method.__signature__) else {})
+             else {"n_steps": 4} if "n_steps" in needs_of(method).options else {})
     batched = method(_score, x, key=keys, **extra)  # [T, B, L, H]
     for b in range(3):
         alone = method(_score, x[b:b + 1], key=keys[b:b + 1], **extra)

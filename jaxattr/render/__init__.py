@@ -1,11 +1,14 @@
 """Rendering of attribution results: terminal text, HTML, and matplotlib figures.
 
-Computation code never imports this package; results import it lazily from their
-``to_text`` / ``to_html`` / ``show`` methods.
+Computation code never imports this package, and neither do the results: this package
+registers its renderers in :mod:`jaxattr.views` when imported (``import jaxattr`` does), and
+``out.to_html()`` / ``out.show()`` dispatch through that registry.
 """
 from __future__ import annotations
 
 import sys
+
+from .. import views as _views
 
 from .html import CSP, HtmlReport, save_html, to_html
 from .text import to_text, use_color
@@ -59,3 +62,10 @@ def save_figure(x, path, **kwargs):
     """Write the heatmap figure as PNG/SVG/PDF (see :func:`jaxattr.render.figure.save_figure`)."""
     from .figure import save_figure as _save_figure
     return _save_figure(x, path, **kwargs)
+
+
+# Result objects reach the renderers through the view registry (jaxattr.results never
+# imports this package); `import jaxattr` imports it, which registers them.
+for _name, _fn in (("to_text", to_text), ("to_html", to_html), ("show", show),
+                   ("to_figure", to_figure)):
+    _views.provide(_name, _fn)
