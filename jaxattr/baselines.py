@@ -26,6 +26,7 @@ import numpy as np
 from flax import struct
 
 from .methods._common import check_finite
+from .methods.needs import needs_of
 
 __all__ = ["BaselineSet", "is_baseline_set", "parse_baseline_set", "accepts_baseline_sets",
            "describe", "ID_KINDS"]
@@ -69,8 +70,9 @@ class BaselineSet:
 
 
 def accepts_baseline_sets(method: Any) -> bool:
-    """Whether a method declares that it samples from a set of baselines."""
-    return bool(getattr(method, "samples_baseline_sets", False))
+    """Whether a method declares that it samples from a set of baselines
+    (:class:`~jaxattr.methods.needs.MethodNeeds` ``baseline_sets``)."""
+    return callable(method) and needs_of(method).baseline_sets
 
 
 def is_baseline_set(baseline: Any) -> bool:

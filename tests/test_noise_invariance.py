@@ -4,7 +4,6 @@ The same sequence attributed alone, inside a batch at another row, with another 
 padded to another length gives the same numbers (the README's padding-invariance claim), for
 every method that draws random numbers, through the model and through the functional API.
 """
-import inspect
 import json
 import os
 import subprocess
@@ -19,7 +18,7 @@ import pytest
 from jaxattr import (gradient_shap, input_x_gradient, integrated_gradients, saliency,
                      smoothgrad, smoothgrad_sq, vargrad)
 from jaxattr.adapters.dropout import keyed_mask
-from jaxattr.methods import METHODS, lime
+from jaxattr.methods import METHODS
 from jaxattr.methods._common import draw_noise, example_identity
 from jaxattr.methods.needs import needs_of
 
@@ -158,8 +157,7 @@ def test_keyed_dropout_masks_ignore_row_batch_and_padding():
 def _noisy_methods():
     """Every registered method that draws random numbers (declares ``key``), and noise tunnels
     around methods with extra settings."""
-    out = {name: fn for name, fn in METHODS.items()
-           if "key" in inspect.signature(fn).parameters}
+    out = {name: fn for name, fn in METHODS.items() if needs_of(fn).key}
     out["vargrad_ig"] = vargrad(integrated_gradients, n_samples=2, stdevs=0.4)
     return out
 
@@ -171,8 +169,8 @@ def test_every_noisy_method_under_vmap_equals_a_loop(name):
     method = _noisy_methods()[name]
     assert {"smoothgrad", "smoothgrad_sq", "vargrad", "gradient_shap", "lime"} <= set(
         _noisy_methods())
-    params = inspect.signature(method).parameters
-    kw = {k: v for k, v in dict(n_samples=3, stdevs=0.4, n_steps=4).items() if k in params}
+    options = needs_of(method).options
+    kw = {k: v for k, v in dict(n_samples=3, stdevs=0.4, n_steps=4).items() if k in options}
     x = jax.random.normal(jax.random.key(3), (3, 4, 5))
 
     def one(z):  # z [L, H] -> [T, L, H]

@@ -16,7 +16,7 @@ __all__ = ["gradient_shap"]
 _tmap = jax.tree_util.tree_map
 
 
-@declare(baseline=True, key=True)
+@declare(baseline=True, baseline_sets=True, key=True)
 def gradient_shap(
     score_fn: Callable[..., Any],
     x: Any,
@@ -83,10 +83,6 @@ def gradient_shap(
 
     attr = weighted_sum(sample, jnp.arange(n), jnp.full((n,), 1.0 / n), internal_batch_size)
     return with_aux(attr, score_fn, x, has_aux)
-
-
-# Declares that ``baseline`` may be a set to sample from (read by ``model.attribute``).
-gradient_shap.samples_baseline_sets = True
 
 
 def baseline_set(x: Any, baseline: Any):
