@@ -96,7 +96,10 @@ class AttributionModel(ModelBase):
           show_progress: progress bar over batches when there is more than one.
           baseline: integrated-gradients baseline: ``"unk"`` (UNK embedding — PAD when the
             tokenizer has no UNK — at every non-special position), ``"pad"``, ``"zeros"``, or
-            an array broadcastable to the embeddings ``[..., H]``.
+            an array broadcastable to the embeddings ``[..., H]``. ``gradient_shap`` also
+            takes a set to sample from (:mod:`jaxattr.baselines`): a list such as
+            ``["unk", "zeros", vec_H]``, an array ``[n_baselines, H]``, or
+            ``[n_baselines, L, H]`` for inputs of ``L`` attributed tokens.
           contrast_targets: alternative outputs for contrastive targets (``contrast_prob_diff``
             …), one per input; decoder-only: full texts (a prompt — the same or another — plus
             the alternative continuation); encoder-decoder: alternative outputs.

@@ -17,6 +17,7 @@ import numpy as np
 from flax import struct
 
 from .adapters import ModelAdapter
+from .baselines import BaselineSet
 from .internals.sites import SiteError, is_raw_path, parse_site, resolve_sites
 from .methods._common import as_key, example_identity
 from .methods.attention_rollout import attention_rollout
@@ -29,7 +30,8 @@ from .results import BatchAttribution
 from .targets import TargetBatch
 
 __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs",
-           "keyword_names", "example_ids", "example_keys", "resolve_layer", "prefix_plan",
+           "keyword_names", "example_ids", "example_keys", "dropout_keys", "resolve_layer",
+           "prefix_plan",
            "ATTENTION_METHODS", "ROLLOUT_ENC_DEC_ERROR"]
 
 # Methods read from the attention patterns of one forward (no score function, no gradient).
@@ -125,6 +127,15 @@ def example_keys(method: Callable, method_kwargs: dict, batch: ModelBatch):
         raise ValueError("model.attribute(key=...) takes one PRNG key or an integer seed; "
                          "each example's key is folded from it with the example's identity.")
     return jax.vmap(jax.random.fold_in, (None, 0))(base, example_ids(batch))
+
+
+def dropout_keys(seed: int, n_forwards: int, ids: jax.Array) -> jax.Array:
+    """Typed keys ``[n_forwards, B]`` of the MC-dropout forwards: forward ``k`` of example
+    ``b`` draws its masks from ``fold_in(fold_in(key(seed), k), ids[b])`` (``ids``: each
+    example's identity, :func:`example_ids`), so they do not depend on its row or batch."""
+    per_forward = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed),
+                                                            jnp.arange(n_forwards))
+    return jax.vmap(lambda k: jax.vmap(jax.random.fold_in, (None, 0))(k, ids))(per_forward)
 
 
 def _gather_steps(values: jax.Array, positions: jax.Array) -> jax.Array:
@@ -323,8 +334,8 @@ def _score_fn(forward, batch: ModelBatch, tbatch: TargetBatch, *, target_fn, tar
         else:
             step_logits = step_logits_of(xd)
         tb = tbatch
-        if n_dropout:
-            keys = jax.random.split(jax.random.PRNGKey(dropout_seed), n_dropout)
+        if n_dropout:  # [K, B] keys: each example's masks from its own identity
+            keys = dropout_keys(dropout_seed, n_dropout, example_ids(batch))
             tb = tb.replace(dropout_logits=jax.vmap(lambda k: step_logits_of(xd, k))(keys))
         scores = target_fn(step_logits, tb, **dict(target_kwargs)) * batch.step_mask
         return scores, (step_logits, tb, scores)
@@ -450,7 +461,11 @@ def _baseline(adapter, batch, baseline, x):
     out = {}
     for side, emb in x.items():
         ids = batch.baseline_source_ids if side == "source" else batch.baseline_target_ids
-        if ids is not None:
+        if isinstance(baseline, BaselineSet):  # [n_baselines, B, L, H], sampled per example
+            role = "encoder" if side == "source" else "decoder"
+            out[side] = baseline.embeddings(
+                None if ids is None else adapter.embed(ids, side=role), emb.shape)
+        elif ids is not None:
             out[side] = adapter.embed(ids, side="encoder" if side == "source" else "decoder")
         elif baseline is None:
             out[side] = jnp.zeros_like(emb)
@@ -504,7 +519,8 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
       contrast_forward: run the contrastive forward (``batch.contrast_*``) for
         ``TargetBatch.contrast_logits``.
       n_dropout: number of dropout forwards for ``TargetBatch.dropout_logits`` (MC dropout),
-        keys split from ``dropout_seed``; they see the attributed embeddings.
+        keys from ``dropout_seed`` folded with each example's identity (:func:`dropout_keys`:
+        batch- and padding-invariant masks); they see the attributed embeddings.
       layer: sites (from :func:`resolve_layer`: site names or raw module paths) whose
         activations are attributed instead of the token embeddings (layer methods). Several
         sites add a site axis before the hidden axis; saliency and gradient x activation get
@@ -572,7 +588,8 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
             and not n_dropout and not isinstance(batch.step_positions, jax.core.Tracer)
             and all(is_separable(f) for f in (target_fn, *(f for _, f, _ in step_fns)))
             and (baseline is None
-                 or (not isinstance(baseline, dict) and jnp.ndim(baseline) < 2)))
+                 or (isinstance(baseline, BaselineSet) and not baseline.per_position)
+                 or (not isinstance(baseline, (dict, BaselineSet)) and jnp.ndim(baseline) < 2)))
 
 
 def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,

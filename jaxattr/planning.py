@@ -7,6 +7,7 @@ Everything here works through the model object's public surface (``adapter``, ``
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any, Optional
 
@@ -14,6 +15,8 @@ import jax
 import numpy as np
 
 from .aggregate import REDUCTIONS
+from .baselines import BaselineSet, is_baseline_set, plan_baseline_set
+from .baselines import describe as describe_baseline
 from .batching import chunk_order, encode_contrast, check_exact_length
 from .catalog import LAYER_METHODS, list_methods
 from .encoding import InputError, _as_list
@@ -137,10 +140,18 @@ def _mcd_steps(fn, given: dict) -> int:
     return int(inspect.signature(fn).parameters["n_mcd_steps"].default)
 
 
-def _baseline(method_fn, baseline) -> tuple:
-    """``(baseline_ids_kind, custom_array)`` for a method that takes a baseline."""
+def _baseline(adapter, spec: RunSpec, baseline, seqs) -> tuple:
+    """``(baseline_ids_kind, custom)`` for a method that takes a baseline: ``custom`` is a
+    checked array, or a :class:`~jaxattr.baselines.BaselineSet` (gradient SHAP's set)."""
+    method_fn = spec.method
     if method_fn in ATTENTION_METHODS or not needs_of(method_fn).baseline:
         return None, None
+    if is_baseline_set(baseline):  # gradient SHAP's distribution of baselines
+        custom, kind = plan_baseline_set(adapter, baseline, method_fn, seqs,
+                                         attribute_source=spec.attribute_source,
+                                         attribute_target=spec.attribute_target,
+                                         layer=spec.layer)
+        return kind, custom
     if isinstance(baseline, str):
         if baseline not in BASELINES:
             raise ValueError(f"Unknown baseline {baseline!r}; use one of {BASELINES} "
@@ -183,9 +194,11 @@ def resolve_mesh(mesh):
     return mesh
 
 
-def _info(model, a: dict, spec: RunSpec, routed: dict, chunks) -> dict:
+def _info(model, a: dict, spec: RunSpec, routed: dict, chunks, custom) -> dict:
     """The run's metadata (``AttributionOutput.info``)."""
     baseline = a["baseline"]
+    if not (isinstance(baseline, str) or baseline is None):
+        baseline = describe_baseline(baseline) if isinstance(custom, BaselineSet) else "array"
     return {
         "model": model.name,
         "model_class": type(model.hf_model).__name__,
@@ -200,7 +213,7 @@ def _info(model, a: dict, spec: RunSpec, routed: dict, chunks) -> dict:
         "layer": ", ".join(spec.layer) if spec.layer else None,
         "attributed_fn_kwargs": dict(routed["attributed_fn"]),
         "attribute_target": bool(spec.attribute_target),
-        "baseline": baseline if isinstance(baseline, str) or baseline is None else "array",
+        "baseline": baseline,
         "granular": bool(a["granular"]),
         "aggregator": spec.reduce_hidden,
         "batch_size": a["batch_size"],
@@ -227,7 +240,6 @@ def _spec(model, a: dict, kwargs: dict) -> tuple:
         a["attributed_fn"], a["step_scores"], routed, has_contrast=has_contrast,
         contrast_force_inputs=a["contrast_force_inputs"],
         contrast_sources=a["contrast_sources"])
-    ids_kind, _ = _baseline(method_fn, a["baseline"])
     enc_dec = model.is_encoder_decoder
     spec = RunSpec(method=method_fn, method_kwargs=hashable(routed.get("method", {})),
                    target_fn=target_fn, target_kwargs=hashable(routed["attributed_fn"]),
@@ -235,7 +247,7 @@ def _spec(model, a: dict, kwargs: dict) -> tuple:
                    attribute_target=bool(a["attribute_target"] or not enc_dec),
                    contrast_forward=contrast_forward, n_dropout=n_dropout, layer=layer,
                    reduce_hidden=reduce_hidden, split_head=bool(a["split_head"]),
-                   prefix_groups=a["prefix_groups"], baseline_ids=ids_kind)
+                   prefix_groups=a["prefix_groups"])
     return spec, routed
 
 
@@ -249,7 +261,6 @@ def prepare_run(model, input_texts, generated_texts, **a) -> PreparedRun:
     if isinstance(a["step_scores"], str):  # one name, not its characters
         a["step_scores"] = (a["step_scores"],)
     spec, routed = _spec(model, a, kwargs)
-    _, custom = _baseline(spec.method, a["baseline"])
     texts = _as_list(input_texts, "input_texts")
     span = dict(attr_pos_start=a["attr_pos_start"], attr_pos_end=a["attr_pos_end"])
     if generated_texts is None:
@@ -258,6 +269,8 @@ def prepare_run(model, input_texts, generated_texts, **a) -> PreparedRun:
     else:
         seqs = model.encode(texts, generated_texts, **span)
     check_exact_length(model, seqs)
+    ids_kind, custom = _baseline(model.adapter, spec, a["baseline"], seqs)
+    spec = dataclasses.replace(spec, baseline_ids=ids_kind)
     contrasts = alignments = None
     if a["contrast_targets"] is not None or a["contrast_sources"] is not None:
         contrasts, alignments = encode_contrast(model, seqs, a["contrast_targets"],
@@ -271,7 +284,8 @@ def prepare_run(model, input_texts, generated_texts, **a) -> PreparedRun:
     return PreparedRun(
         spec=spec, seqs=tuple(seqs), contrasts=None if contrasts is None else tuple(contrasts),
         alignments=None if alignments is None else tuple(alignments), chunks=chunks,
-        rows=rows, baseline=custom, info=_info(model, a, spec, routed, chunks), mesh=mesh,
+        rows=rows, baseline=custom, info=_info(model, a, spec, routed, chunks, custom),
+        mesh=mesh,
         pad_id=model.pad_token_id, max_positions=model.max_positions,
         baseline_token=model.pad_token_id if token is None else int(token),
         special_ids=tuple(sorted(set(tok.all_special_ids))))

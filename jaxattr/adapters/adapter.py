@@ -16,6 +16,7 @@ from flax import struct
 
 from ..internals.sites import SiteError, is_raw_path, parse_site, resolve_sites, site_names
 from .architectures import Architecture, StackPaths
+from .dropout import is_key_batch, keyed_dropout
 from .hooks import (HEAD_KEY, SiteState, embedding_interceptor, head_fn, head_interceptor,
                     site_interceptor)
 
@@ -165,7 +166,10 @@ class ModelAdapter(struct.PyTreeNode):
         decoder: ``source_*`` feeds the encoder, ``target_*`` (starting with the decoder start
         token) the decoder. Given ``*_embeds`` replace the embedding lookup of that side
         (intercepted inside the traced function), which is what attribution differentiates.
-        ``dropout_rng`` turns dropout on (train mode), e.g. for MC-dropout targets.
+        ``dropout_rng`` turns dropout on (train mode), e.g. for MC-dropout targets: one key
+        (the model's own dropout, masks drawn over the whole batch) or typed keys ``[B]``, one
+        per example (:mod:`jaxattr.adapters.dropout`: each example's masks from its own key
+        and positions, so they do not depend on its row, its batch or the padding).
 
         Sites (:mod:`jaxattr.internals.protocol`): ``capture`` names or globs (or raw module
         paths, whose output — its first element for a tuple — is taken) are returned in
@@ -240,13 +244,17 @@ class ModelAdapter(struct.PyTreeNode):
         """One call of the Hugging Face model inside the given interceptors (outermost
         first)."""
         kwargs = dict(params=self.params)
-        if dropout_rng is not None:
-            kwargs.update(dropout_rng=dropout_rng, train=True)
+        per_example = is_key_batch(dropout_rng)
+        if dropout_rng is not None:  # per example: the model's own draws are never used
+            kwargs.update(dropout_rng=jax.random.PRNGKey(0) if per_example else dropout_rng,
+                          train=True)
         if output_attentions:
             kwargs["output_attentions"] = True
         with contextlib.ExitStack() as stack:
             for icpt in interceptors:
                 stack.enter_context(nn.intercept_methods(icpt))
+            if per_example:  # innermost: the site hooks see the dropped-out values
+                stack.enter_context(keyed_dropout(dropout_rng))
             if self.is_encoder_decoder:
                 return self.hf_model(
                     input_ids=source_ids, attention_mask=source_mask,

@@ -16,7 +16,7 @@ __all__ = ["gradient_shap"]
 _tmap = jax.tree_util.tree_map
 
 
-@declare(baseline=True, key=True)
+@declare(baseline=True, baseline_sets=True, key=True)
 def gradient_shap(
     score_fn: Callable[..., Any],
     x: Any,

@@ -33,6 +33,8 @@ class MethodNeeds:
 
     Attributes:
       baseline: takes ``baseline=`` (a pytree like ``x``; the caller builds it).
+      baseline_sets: ``baseline=`` may also be a set to sample from, each leaf with a
+        leading ``[n_baselines]`` axis (gradient SHAP's distribution of baselines).
       completeness: takes ``return_convergence_delta=True`` and then returns
         ``δ[T] = Σ attributions − (s(x) − s(baseline))`` (Captum's sign).
       key: draws random numbers from ``key=`` (one key, or one per example ``[B]``).
@@ -42,6 +44,7 @@ class MethodNeeds:
       options: keyword options a user may set through ``model.attribute(**kwargs)``.
     """
     baseline: bool = False
+    baseline_sets: bool = False
     completeness: bool = False
     key: bool = False
     key_default: Any = 0
