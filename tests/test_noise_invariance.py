@@ -140,6 +140,17 @@ def test_mc_dropout_is_batch_invariant(gpt2):
         _assert_same(alone, other)
 
 
+@pytest.mark.slow
+def test_mc_dropout_is_batch_invariant_encoder_decoder(marian):
+    alone = marian.attribute(SOURCES[1], TARGETS[1], attribute_target=True, **MCD)[0]
+    batched = marian.attribute(SOURCES, TARGETS, attribute_target=True, **MCD)[1]
+    z = alone.step_scores["mc_dropout_prob_avg"]
+    assert np.isfinite(z).all() and np.abs(z).max() > 1e-3
+    np.testing.assert_allclose(batched.step_scores["mc_dropout_prob_avg"], z, rtol=1e-4,
+                               atol=1e-5)
+    _assert_same(alone, batched)
+
+
 def test_keyed_dropout_masks_ignore_row_batch_and_padding():
     keys = jax.random.split(jax.random.key(4), 3)
     m = np.asarray(keyed_mask(keys, (3, 4, 9, 9), 0.9, site=7))  # [B, heads, Lq, Lk]
