@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import numpy as np
@@ -28,6 +28,7 @@ from .pipeline import ATTENTION_METHODS, ROLLOUT_ENC_DEC_ERROR, resolve_layer, s
 from .prefix_groups import check_prefix_groups
 from .spec import PreparedRun, RunSpec, fn_name, hashable
 from .targets import get_target, target_needs
+from .text_generation import encode_generated
 
 __all__ = ["prepare_run", "resolve_method", "check_options", "BASELINES", "GENERATION_ARGS"]
 
@@ -264,8 +265,8 @@ def prepare_run(model, input_texts, generated_texts, **a) -> PreparedRun:
     texts = _as_list(input_texts, "input_texts")
     span = dict(attr_pos_start=a["attr_pos_start"], attr_pos_end=a["attr_pos_end"])
     if generated_texts is None:
-        seqs = model._encode_generated(texts, batch_size=a["batch_size"],
-                                       generation_args=a["generation_args"], **span)
+        seqs = encode_generated(model, texts, batch_size=a["batch_size"],
+                                generation_args=a["generation_args"], **span)
     else:
         seqs = model.encode(texts, generated_texts, **span)
     check_exact_length(model, seqs)

@@ -82,10 +82,11 @@ class RunSpec:
         return out
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class PreparedRun:
     """An ``attribute`` call prepared on the host: the :class:`RunSpec`, the tokenised
-    sequences, and how they form padded batches (:meth:`batch`).
+    sequences, and how they form padded batches (:meth:`batch`). Frozen; compared by
+    identity (it holds arrays and the run's ``info`` dict; compare ``.spec`` instead).
 
     Attributes:
       spec: the hashable run description.
