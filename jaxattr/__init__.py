@@ -24,7 +24,9 @@ from .methods import attention_rollout, deeplift, lime
 from .methods import (gradient_shap, occlusion, sequential_integrated_gradients, smoothgrad,
                       smoothgrad_sq, vargrad)
 from .catalog import list_methods, list_targets
-from .model import AttributionModel, load_model
+from .model import AttributionModel
+from .model_loading import load_model
+from .spec import PreparedRun, RunSpec
 from .pipeline import ModelBatch, attribute_batch
 from .results import AttributionOutput, BatchAttribution, SequenceAttribution
 from . import io
@@ -48,7 +50,7 @@ __all__ = [
     "smoothgrad", "smoothgrad_sq", "vargrad", "deeplift", "attention_rollout", "lime",
     # models
     "load_model", "AttributionModel", "list_methods", "list_targets", "enable_compilation_cache", "ModelAdapter", "make_adapter", "supported_architectures",
-    "ModelBatch", "attribute_batch",
+    "ModelBatch", "attribute_batch", "PreparedRun", "RunSpec",
     # targets
     "TargetBatch", "get_target", "register_target",
     # results

@@ -31,6 +31,7 @@ from .targets import TargetBatch
 
 __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs",
            "keyword_names", "example_ids", "example_keys", "dropout_keys", "resolve_layer",
+           "prefix_plan",
            "ATTENTION_METHODS", "ROLLOUT_ENC_DEC_ERROR"]
 
 # Methods read from the attention patterns of one forward (no score function, no gradient).
@@ -278,15 +279,40 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
             return_head=split)
 
     needs = needs_of(method)
-    takes_baseline = needs.baseline
     all_embeds = ({"source": src_embeds, "target": tgt_embeds} if adapter.is_encoder_decoder
                   else {"target": tgt_embeds})
     x, forward, base_x = _attributed_inputs(adapter, batch, baseline, run, emb, all_embeds,
-                                            layer=layer, takes_baseline=takes_baseline)
+                                            layer=layer, takes_baseline=needs.baseline)
     if layer is not None:
         side = _site_side(layer[0])
         attribute_source, attribute_target = side == "source", side == "target"
+    score_fn = _score_fn(forward, batch, tbatch, target_fn=target_fn,
+                         target_kwargs=target_kwargs, split=split, n_dropout=n_dropout,
+                         dropout_seed=dropout_seed)
+    kwargs = _call_kwargs(method, needs, method_kwargs, batch, x, base_x, layer=layer)
+    attr, (step_logits, tb, scores) = method(score_fn, x, has_aux=True, **kwargs)
 
+    step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
+                   for name, fn, kw in step_fns}
+    if needs.completeness:
+        # Completeness per (sequence, step): Σ attributions − (s(x) − s(baseline)).
+        base_scores = score_fn(base_x)[0]
+        total = sum(a.reshape(a.shape[:2] + (-1,)).sum(-1) for a in attr.values())  # [T, B]
+        step_scores["deltas"] = (total.T - (scores - base_scores)) * batch.step_mask
+    if layer is None:
+        return _assemble(attr, batch, step_scores, attribute_source, attribute_target,
+                         reduce_hidden)
+    side = "source" if attribute_source else "target"
+    parts = [_assemble({side: attr[name]}, batch, step_scores, attribute_source,
+                       attribute_target, reduce_hidden) for name in layer]
+    return parts[0] if len(parts) == 1 else _stack_sites(parts)
+
+
+def _score_fn(forward, batch: ModelBatch, tbatch: TargetBatch, *, target_fn, target_kwargs,
+              split: bool, n_dropout: int, dropout_seed: int):
+    """``score_fn(x) -> (scores[B, T], (step_logits, TargetBatch, scores))`` of the attributed
+    function over ``forward``; through the split-off head when ``split`` (one backward
+    through the head for every step), with MC-dropout forwards when ``n_dropout``."""
     def step_logits_of(xd, dropout_rng=None):
         return forward(xd, dropout_rng)["logits"]  # [B, T, V]
 
@@ -314,8 +340,15 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
         scores = target_fn(step_logits, tb, **dict(target_kwargs)) * batch.step_mask
         return scores, (step_logits, tb, scores)
 
+    return score_fn
+
+
+def _call_kwargs(method, needs, method_kwargs, batch: ModelBatch, x, base_x, *,
+                 layer) -> dict:
+    """The method's keywords: its options plus what it declares it needs (a baseline, a
+    position mask, per-example keys)."""
     kwargs = dict(method_kwargs)
-    if takes_baseline:
+    if needs.baseline:
         kwargs["baseline"] = base_x
     if layer is None and needs.position_mask:
         # Real tokens (1) vs padding (0) per attributed side, for methods whose result
@@ -325,22 +358,7 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     keys = example_keys(method, kwargs, batch)
     if keys is not None:
         kwargs["key"] = keys
-    attr, (step_logits, tb, scores) = method(score_fn, x, has_aux=True, **kwargs)
-
-    step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
-                   for name, fn, kw in step_fns}
-    if needs.completeness:
-        # Completeness per (sequence, step): Σ attributions − (s(x) − s(baseline)).
-        base_scores = score_fn(base_x)[0]
-        total = sum(a.reshape(a.shape[:2] + (-1,)).sum(-1) for a in attr.values())  # [T, B]
-        step_scores["deltas"] = (total.T - (scores - base_scores)) * batch.step_mask
-    if layer is None:
-        return _assemble(attr, batch, step_scores, attribute_source, attribute_target,
-                         reduce_hidden)
-    side = "source" if attribute_source else "target"
-    parts = [_assemble({side: attr[name]}, batch, step_scores, attribute_source,
-                       attribute_target, reduce_hidden) for name in layer]
-    return parts[0] if len(parts) == 1 else _stack_sites(parts)
+    return kwargs
 
 
 def _stack_sites(parts: list) -> BatchAttribution:
@@ -542,7 +560,7 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
     groups = ()
     if _groupable(adapter, batch, baseline, method=method, target_fn=target_fn,
                   step_fns=step_fns, n_dropout=n_dropout, layer=layer):
-        groups = _prefix_plan(adapter, batch, prefix_groups)
+        groups = prefix_plan(adapter, batch, prefix_groups)
     if len(groups) <= 1:
         return fn(*args, **kwargs)
     parts = [fn(adapter, truncate_batch(batch, a, b, p), *args[2:], **kwargs)
@@ -550,7 +568,7 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
     return stitch_groups(parts, batch)
 
 
-def _prefix_plan(adapter: ModelAdapter, batch: ModelBatch, prefix_groups) -> tuple:
+def prefix_plan(adapter: ModelAdapter, batch: ModelBatch, prefix_groups) -> tuple:
     """The prefix groups ``((a, b, P), ...)`` for a batch the pipeline may group, sized by
     the one-pass program's FLOPs (:func:`jaxattr.prefix_groups.plan_prefix_groups`)."""
     (B, L), T = batch.target_ids.shape, batch.step_mask.shape[1]

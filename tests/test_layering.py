@@ -6,7 +6,9 @@ function-level ones included, read from the source with ``ast``).
   rendering through :mod:`jaxattr.views`, which those layers fill;
 - methods never import models, adapters, the model object, ``render``, ``io``,
   ``transformers`` or ``flax`` (``flax.linen`` included);
-- planning (``jaxattr.planning``, ``jaxattr.spec``) never imports ``render``.
+- the other result classes (lens trajectories, probe results, context attributions) reach
+  their renderers through the same registry;
+- planning and the model object never import ``render``.
 """
 from __future__ import annotations
 
@@ -72,6 +74,12 @@ def test_results_never_import_the_layers_above(name):
     assert _hits(PKG / name, RESULTS_FORBIDDEN) == []
 
 
+@pytest.mark.parametrize("name", ["lens/trajectory.py", "probing/result.py",
+                                  "context/output.py"])
+def test_other_result_classes_never_import_render(name):
+    assert _hits(PKG / name, ("jaxattr.render",)) == []
+
+
 METHODS_FORBIDDEN = ("jaxattr.render", "jaxattr.io", "jaxattr.model", "jaxattr.models",
                      "jaxattr.adapters", "jaxattr.pipeline", "jaxattr.results",
                      "transformers", "flax")
@@ -82,18 +90,19 @@ def test_methods_never_import_models_or_flax(path):
     assert _hits(path, METHODS_FORBIDDEN) == []
 
 
-@pytest.mark.parametrize("name", ["planning.py", "spec.py", "pipeline.py", "generation.py",
-                                  "model.py"])
+@pytest.mark.parametrize("name", ["planning.py", "spec.py", "batching.py", "pipeline.py",
+                                  "generation.py", "text_generation.py", "host_views.py",
+                                  "model.py", "model_base.py", "model_loading.py"])
 def test_computation_never_imports_render(name):
     path = PKG / name
-    if path.exists():
-        assert _hits(path, ("jaxattr.render",)) == []
+    assert _hits(path, ("jaxattr.render",)) == []
 
 
 def test_results_reach_render_io_and_aggregate_through_the_registry():
     # the package registered every view a result object offers
     for name in ("to_html", "to_text", "show", "to_figure", "save", "to_dataframe",
-                 "scores_dict", "reduce_hidden", "normalize", "aggregate_sequence"):
+                 "scores_dict", "reduce_hidden", "normalize", "aggregate_sequence",
+                 "lens_text", "lens_show", "probe_table", "context_to_text", "context_show"):
         assert name in views.provided()
 
 
