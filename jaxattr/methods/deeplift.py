@@ -7,6 +7,7 @@ import jax
 
 from ._common import resolve_baseline
 from ._vjp import per_output_grads
+from .needs import declare
 
 __all__ = ["deeplift", "DEEPLIFT_RULES"]
 
@@ -17,6 +18,7 @@ __all__ = ["deeplift", "DEEPLIFT_RULES"]
 DEEPLIFT_RULES = ("captum",)
 
 
+@declare(baseline=True)
 def deeplift(
     score_fn: Callable[..., Any],
     x: Any,
