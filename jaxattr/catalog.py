@@ -10,7 +10,8 @@ __all__ = ["list_methods", "list_targets", "LAYER_METHODS", "MODEL_METHODS"]
 # Model-level names: layer methods are the gradient methods applied to a site's activation.
 LAYER_METHODS = {"layer_integrated_gradients": "integrated_gradients",
                  "layer_gradient_x_activation": "input_x_gradient",
-                 "layer_saliency": "saliency"}
+                 "layer_saliency": "saliency",
+                 "layer_deeplift": "deeplift"}
 # Methods that need a model (not pure functions of a score function).
 MODEL_METHODS = tuple(sorted(LAYER_METHODS)) + ("attention", "attention_rollout")
 

@@ -379,8 +379,8 @@ class AttributionModel:
           :class:`~jaxattr.results.AttributionOutput` with one
           :class:`~jaxattr.results.SequenceAttribution` per input.
 
-        Integrated-gradients methods add the step score ``deltas`` (completeness error per
-        step) and emit a ``RuntimeWarning`` when some step's error exceeds 10% of its score
+        Integrated-gradients methods and DeepLIFT add the step score ``deltas`` (completeness
+        error per step: DeepLIFT's rescale rule has summation-to-delta, so float rounding) and emit a ``RuntimeWarning`` when some step's error exceeds 10% of its score
         change ``s(x) - s(baseline)`` (raise ``n_steps``).
         """
         plan = self._plan(
@@ -808,6 +808,8 @@ def _warn_if_not_converged(views, info: dict, *, rtol: float = 0.1) -> None:
     change on some step: ``|delta| > rtol * |s(x) - s(baseline)|`` (ignoring steps whose change
     is below 1e-3 of the largest one). ``Σ attributions = change + delta``, so the change is
     read from the host views; needs attributions that still sum (granular, or summed)."""
+    if info.get("method") in ("deeplift", "layer_deeplift"):
+        return  # rescale: exact to rounding; captum mode: not meant to add up (documented)
     rows = []
     for i, view in enumerate(views):
         if "deltas" not in view.step_scores:

@@ -20,6 +20,7 @@ from .adapters import ModelAdapter
 from .internals.sites import SiteError, is_raw_path, parse_site, resolve_sites
 from .methods._common import as_key, example_identity
 from .methods.attention_rollout import attention_rollout
+from .methods.deeplift import RESCALE_NEEDS_NATIVE, deeplift
 from .methods.gradient import input_x_gradient, saliency
 from .methods.separable import is_separable, step_separable
 from .prefix_groups import (check_prefix_groups, one_pass_flops, plan_prefix_groups,
@@ -264,6 +265,9 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
             capture=capture, patch=patch, positions=batch.step_positions - 1,
             return_head=split)
 
+    if (method is deeplift and dict(method_kwargs).get("mode", "rescale") == "rescale"
+            and not getattr(adapter, "deeplift_rules", False)):
+        raise ValueError(RESCALE_NEEDS_NATIVE)
     takes_baseline = "baseline" in inspect.signature(method).parameters
     all_embeds = ({"source": src_embeds, "target": tgt_embeds} if adapter.is_encoder_decoder
                   else {"target": tgt_embeds})
