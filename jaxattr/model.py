@@ -479,6 +479,9 @@ class AttributionModel:
                 raise ValueError(f"`layer` does not apply to method={method!r}.")
             if method == "attention_rollout" and self.is_encoder_decoder:
                 raise ValueError(ROLLOUT_ENC_DEC_ERROR)
+            if method == "value_zeroing" and self.is_encoder_decoder:
+                from .value_zeroing import VALUE_ZEROING_ENC_DEC_ERROR
+                raise ValueError(VALUE_ZEROING_ENC_DEC_ERROR)
             method_fn = method
         elif isinstance(method, str) and method not in list_methods():
             raise ValueError(

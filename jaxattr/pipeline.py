@@ -27,13 +27,15 @@ from .prefix_groups import (check_prefix_groups, one_pass_flops, plan_prefix_gro
                              stitch_groups, truncate_batch)
 from .results import BatchAttribution
 from .targets import TargetBatch
+from .value_zeroing import normalize_scores, value_zeroing_scores
 
 __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs",
            "keyword_names", "example_ids", "example_keys", "resolve_layer",
            "ATTENTION_METHODS", "ROLLOUT_ENC_DEC_ERROR"]
 
-# Methods read from the attention patterns of one forward (no score function, no gradient).
-ATTENTION_METHODS = ("attention", "attention_rollout")
+# Methods read from forwards alone (no score function, no gradient): the attention patterns
+# of one forward, and value zeroing (one corrupted forward per token, vmapped).
+ATTENTION_METHODS = ("attention", "attention_rollout", "value_zeroing")
 ROLLOUT_ENC_DEC_ERROR = (
     "method='attention_rollout' supports decoder-only models: through an encoder-decoder the "
     "rollout would have to mix encoder self-attention, decoder self-attention and "
@@ -428,6 +430,29 @@ def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, targ
                      reduce_hidden)
 
 
+def _value_zeroing_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, target_kwargs,
+                        step_fns, attribute_source, attribute_target, contrast_forward=False,
+                        reduce_hidden=None):
+    """Value zeroing (:mod:`jaxattr.value_zeroing`) of the positions that predict each step:
+    target rows ``[T, B, L, layers]``, each column normalised over the tokens the step sees
+    (Inseq's threshold 1e-5 and sum-to-1). Decoder-only."""
+    dist = value_zeroing_scores(adapter, target_ids=batch.target_ids,
+                                target_mask=batch.target_mask)        # [B, Ltok, Lpos, n]
+    q = batch.step_positions - 1
+    cols = jnp.take_along_axis(dist, q[:, None, :, None], axis=2)    # [B, Ltok, T, n]
+    tok = jnp.arange(dist.shape[1])
+    valid = ((tok[None, :, None] <= q[:, None, :])
+             & (batch.target_mask[:, :, None] > 0))[..., None]       # [B, Ltok, T, 1]
+    cols = normalize_scores(cols, valid) * valid
+    out = adapter.forward(target_ids=batch.target_ids, target_mask=batch.target_mask,
+                          positions=q)
+    tb = _target_batch(adapter, batch, contrast_forward)
+    step_scores = {name: fn(out["logits"], tb, **dict(kw)) * batch.step_mask
+                   for name, fn, kw in step_fns}
+    attr = {"target": jnp.transpose(cols, (2, 0, 1, 3))}              # [T, B, Ltok, n]
+    return _assemble(attr, batch, step_scores, False, True, reduce_hidden)
+
+
 def _baseline(adapter, batch, baseline, x):
     """Baseline pytree matching ``x``: id-based (UNK/PAD embeddings), zeros, or arrays."""
     out = {}
@@ -462,6 +487,9 @@ _attribute_jit = jax.jit(_traced, static_argnames=(
 _attention_jit = jax.jit(_attention_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
     "contrast_forward", "reduce_hidden", "rollout"))
+_value_zeroing_jit = jax.jit(_value_zeroing_impl, static_argnames=(
+    "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
+    "contrast_forward", "reduce_hidden"))
 
 
 def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, *,
@@ -560,6 +588,8 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
 
 def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,
           method_kwargs=(), split_head=True, **common):
+    if method == "value_zeroing":
+        return (_value_zeroing_jit if jit else _value_zeroing_impl), (adapter, batch), common
     if method in ATTENTION_METHODS:
         common = dict(common, rollout=method == "attention_rollout")
         return (_attention_jit if jit else _attention_impl), (adapter, batch), common

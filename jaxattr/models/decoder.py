@@ -81,7 +81,7 @@ def _linear(x, p, name):
 def _attention(spec: DecoderSpec, p: dict, h, cos, sin, allowed, hook):
     b, n, _ = h.shape
     nh, kv, hd = spec.n_heads, spec.n_kv_heads, spec.head_dim
-    q, k, v = _linear(h, p, "q"), _linear(h, p, "k"), _linear(h, p, "v")
+    q, k, v = _linear(h, p, "q"), _linear(h, p, "k"), hook("value", _linear(h, p, "v"))
     if spec.qk_norm == "full":
         q, k = rms_norm(q, p["q_norm"], spec), rms_norm(k, p["k_norm"], spec)
     q, k, v = q.reshape(b, n, nh, hd), k.reshape(b, n, kv, hd), v.reshape(b, n, kv, hd)

@@ -18,7 +18,7 @@ from .spec import DecoderSpec, spec_from_config
 
 __all__ = ["NativeDecoder", "NativeModel", "load_native"]
 
-_KINDS = ("resid_pre", "attn_pattern", "head_out", "attn_out", "mlp_out", "resid_post")
+_KINDS = ("resid_pre", "value", "attn_pattern", "head_out", "attn_out", "mlp_out", "resid_post")
 
 
 class NativeDecoder(struct.PyTreeNode):
