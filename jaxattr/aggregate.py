@@ -37,6 +37,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from . import views as _views
+
 __all__ = [
     # hidden-axis reductions (arrays)
     "vnorm", "hidden_sum", "hidden_mean", "absmax", "REDUCTIONS", "default_aggregator",
@@ -845,3 +847,11 @@ def slice_tokens(x, *, source=None, target=None):
             attr_pos_start=cs - s, attr_pos_end=ce - s,
             target_ids=None if seq.target_ids is None else seq.target_ids[s:e])
     return seq
+
+
+# Result objects reach these through the view registry (jaxattr.results imports nothing above it).
+for _name, _fn in (("reduce_hidden", reduce_hidden), ("normalize", normalize),
+                   ("rescale", rescale), ("merge_words", merge_words),
+                   ("merge_spans", merge_spans), ("slice_tokens", slice_tokens),
+                   ("difference", difference), ("aggregate_sequence", aggregate_sequence)):
+    _views.provide(_name, _fn)

@@ -17,11 +17,13 @@ import numpy as np
 from flax import struct
 
 from .adapters import ModelAdapter
+from .baselines import BaselineSet
 from .internals.sites import SiteError, is_raw_path, parse_site, resolve_sites
 from .methods._common import as_key, example_identity
 from .methods.attention_rollout import attention_rollout
 from .methods.deeplift import RESCALE_NEEDS_NATIVE, deeplift
 from .methods.gradient import input_x_gradient, saliency
+from .methods.needs import needs_of
 from .methods.separable import is_separable, step_separable
 from .prefix_groups import (check_prefix_groups, one_pass_flops, plan_prefix_groups,
                              stitch_groups, truncate_batch)
@@ -30,7 +32,8 @@ from .targets import TargetBatch
 from .value_zeroing import normalize_scores, value_zeroing_scores
 
 __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs",
-           "keyword_names", "example_ids", "example_keys", "resolve_layer",
+           "keyword_names", "example_ids", "example_keys", "dropout_keys", "resolve_layer",
+           "prefix_plan",
            "ATTENTION_METHODS", "ROLLOUT_ENC_DEC_ERROR"]
 
 # Methods read from forwards alone (no score function, no gradient): the attention patterns
@@ -82,11 +85,13 @@ def keyword_names(fn: Callable) -> set:
 def split_kwargs(kwargs: dict, owners: dict) -> dict:
     """Route each keyword to the functions (by role) that declare it.
 
-    ``owners`` maps a role (``"method"``, ``"attributed_fn"``) to a function. A keyword no
-    function declares raises, naming the accepted ones.
+    ``owners`` maps a role (``"method"``, ``"attributed_fn"``) to the set of keyword names
+    it takes (a method's ``needs_of(method).options``) or to a function whose keywords are
+    read (targets). A keyword nobody declares raises, naming the accepted ones.
     """
     routed = {role: {} for role in owners}
-    declared = {role: keyword_names(fn) for role, fn in owners.items()}
+    declared = {role: (set(fn) if isinstance(fn, (set, frozenset)) else keyword_names(fn))
+                for role, fn in owners.items()}
     for key, value in kwargs.items():
         hits = [role for role, names in declared.items() if key in names]
         if not hits:
@@ -113,18 +118,27 @@ def example_ids(batch: ModelBatch) -> jax.Array:
 
 
 def example_keys(method: Callable, method_kwargs: dict, batch: ModelBatch):
-    """Per-example PRNG keys ``[B]`` for a method that draws random numbers (declares ``key``):
-    the method's key (given or its default) folded with each example's identity, so that an
-    example's noise is the same alone, in any batch, at any row, padded to any length, and
-    sharded. ``None`` for methods without a ``key``."""
-    params = inspect.signature(method).parameters
-    if "key" not in params:
+    """Per-example PRNG keys ``[B]`` for a method that draws random numbers (declares
+    ``key``): the method's key (given or its declared default) folded with each example's
+    identity, so that an example's noise is the same alone, in any batch, at any row, padded
+    to any length, and sharded. ``None`` for methods without a ``key``."""
+    needs = needs_of(method)
+    if not needs.key:
         return None
-    base = as_key(method_kwargs.get("key", params["key"].default))
+    base = as_key(method_kwargs.get("key", needs.key_default))
     if base.ndim != 0:
         raise ValueError("model.attribute(key=...) takes one PRNG key or an integer seed; "
                          "each example's key is folded from it with the example's identity.")
     return jax.vmap(jax.random.fold_in, (None, 0))(base, example_ids(batch))
+
+
+def dropout_keys(seed: int, n_forwards: int, ids: jax.Array) -> jax.Array:
+    """Typed keys ``[n_forwards, B]`` of the MC-dropout forwards: forward ``k`` of example
+    ``b`` draws its masks from ``fold_in(fold_in(key(seed), k), ids[b])`` (``ids``: each
+    example's identity, :func:`example_ids`), so they do not depend on its row or batch."""
+    per_forward = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed),
+                                                            jnp.arange(n_forwards))
+    return jax.vmap(lambda k: jax.vmap(jax.random.fold_in, (None, 0))(k, ids))(per_forward)
 
 
 def _gather_steps(values: jax.Array, positions: jax.Array) -> jax.Array:
@@ -270,15 +284,41 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     if (method is deeplift and dict(method_kwargs).get("mode", "rescale") == "rescale"
             and not getattr(adapter, "deeplift_rules", False)):
         raise ValueError(RESCALE_NEEDS_NATIVE)
-    takes_baseline = "baseline" in inspect.signature(method).parameters
+    needs = needs_of(method)
     all_embeds = ({"source": src_embeds, "target": tgt_embeds} if adapter.is_encoder_decoder
                   else {"target": tgt_embeds})
     x, forward, base_x = _attributed_inputs(adapter, batch, baseline, run, emb, all_embeds,
-                                            layer=layer, takes_baseline=takes_baseline)
+                                            layer=layer, takes_baseline=needs.baseline)
     if layer is not None:
         side = _site_side(layer[0])
         attribute_source, attribute_target = side == "source", side == "target"
+    score_fn = _score_fn(forward, batch, tbatch, target_fn=target_fn,
+                         target_kwargs=target_kwargs, split=split, n_dropout=n_dropout,
+                         dropout_seed=dropout_seed)
+    kwargs = _call_kwargs(method, needs, method_kwargs, batch, x, base_x, layer=layer)
+    attr, (step_logits, tb, scores) = method(score_fn, x, has_aux=True, **kwargs)
 
+    step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
+                   for name, fn, kw in step_fns}
+    if needs.completeness:
+        # Completeness per (sequence, step): Σ attributions − (s(x) − s(baseline)).
+        base_scores = score_fn(base_x)[0]
+        total = sum(a.reshape(a.shape[:2] + (-1,)).sum(-1) for a in attr.values())  # [T, B]
+        step_scores["deltas"] = (total.T - (scores - base_scores)) * batch.step_mask
+    if layer is None:
+        return _assemble(attr, batch, step_scores, attribute_source, attribute_target,
+                         reduce_hidden)
+    side = "source" if attribute_source else "target"
+    parts = [_assemble({side: attr[name]}, batch, step_scores, attribute_source,
+                       attribute_target, reduce_hidden) for name in layer]
+    return parts[0] if len(parts) == 1 else _stack_sites(parts)
+
+
+def _score_fn(forward, batch: ModelBatch, tbatch: TargetBatch, *, target_fn, target_kwargs,
+              split: bool, n_dropout: int, dropout_seed: int):
+    """``score_fn(x) -> (scores[B, T], (step_logits, TargetBatch, scores))`` of the attributed
+    function over ``forward``; through the split-off head when ``split`` (one backward
+    through the head for every step), with MC-dropout forwards when ``n_dropout``."""
     def step_logits_of(xd, dropout_rng=None):
         return forward(xd, dropout_rng)["logits"]  # [B, T, V]
 
@@ -300,16 +340,23 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
         else:
             step_logits = step_logits_of(xd)
         tb = tbatch
-        if n_dropout:
-            keys = jax.random.split(jax.random.PRNGKey(dropout_seed), n_dropout)
+        if n_dropout:  # [K, B] keys: each example's masks from its own identity
+            keys = dropout_keys(dropout_seed, n_dropout, example_ids(batch))
             tb = tb.replace(dropout_logits=jax.vmap(lambda k: step_logits_of(xd, k))(keys))
         scores = target_fn(step_logits, tb, **dict(target_kwargs)) * batch.step_mask
         return scores, (step_logits, tb, scores)
 
+    return score_fn
+
+
+def _call_kwargs(method, needs, method_kwargs, batch: ModelBatch, x, base_x, *,
+                 layer) -> dict:
+    """The method's keywords: its options plus what it declares it needs (a baseline, a
+    position mask, per-example keys)."""
     kwargs = dict(method_kwargs)
-    if takes_baseline:
+    if needs.baseline:
         kwargs["baseline"] = base_x
-    if layer is None and "position_mask" in inspect.signature(method).parameters:
+    if layer is None and needs.position_mask:
         # Real tokens (1) vs padding (0) per attributed side, for methods whose result
         # depends on which positions exist (LIME's regression).
         kwargs["position_mask"] = {side: batch.source_mask if side == "source"
@@ -317,22 +364,7 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     keys = example_keys(method, kwargs, batch)
     if keys is not None:
         kwargs["key"] = keys
-    attr, (step_logits, tb, scores) = method(score_fn, x, has_aux=True, **kwargs)
-
-    step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
-                   for name, fn, kw in step_fns}
-    if "return_convergence_delta" in inspect.signature(method).parameters:
-        # Completeness per (sequence, step): Σ attributions − (s(x) − s(baseline)).
-        base_scores = score_fn(base_x)[0]
-        total = sum(a.reshape(a.shape[:2] + (-1,)).sum(-1) for a in attr.values())  # [T, B]
-        step_scores["deltas"] = (total.T - (scores - base_scores)) * batch.step_mask
-    if layer is None:
-        return _assemble(attr, batch, step_scores, attribute_source, attribute_target,
-                         reduce_hidden)
-    side = "source" if attribute_source else "target"
-    parts = [_assemble({side: attr[name]}, batch, step_scores, attribute_source,
-                       attribute_target, reduce_hidden) for name in layer]
-    return parts[0] if len(parts) == 1 else _stack_sites(parts)
+    return kwargs
 
 
 def _stack_sites(parts: list) -> BatchAttribution:
@@ -458,7 +490,11 @@ def _baseline(adapter, batch, baseline, x):
     out = {}
     for side, emb in x.items():
         ids = batch.baseline_source_ids if side == "source" else batch.baseline_target_ids
-        if ids is not None:
+        if isinstance(baseline, BaselineSet):  # [n_baselines, B, L, H], sampled per example
+            role = "encoder" if side == "source" else "decoder"
+            out[side] = baseline.embeddings(
+                None if ids is None else adapter.embed(ids, side=role), emb.shape)
+        elif ids is not None:
             out[side] = adapter.embed(ids, side="encoder" if side == "source" else "decoder")
         elif baseline is None:
             out[side] = jnp.zeros_like(emb)
@@ -515,7 +551,8 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
       contrast_forward: run the contrastive forward (``batch.contrast_*``) for
         ``TargetBatch.contrast_logits``.
       n_dropout: number of dropout forwards for ``TargetBatch.dropout_logits`` (MC dropout),
-        keys split from ``dropout_seed``; they see the attributed embeddings.
+        keys from ``dropout_seed`` folded with each example's identity (:func:`dropout_keys`:
+        batch- and padding-invariant masks); they see the attributed embeddings.
       layer: sites (from :func:`resolve_layer`: site names or raw module paths) whose
         activations are attributed instead of the token embeddings (layer methods). Several
         sites add a site axis before the hidden axis; saliency and gradient x activation get
@@ -548,14 +585,14 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                              split_head=split_head)
     check_prefix_groups(prefix_groups)
     if (method not in ATTENTION_METHODS and batch.example_ids is None
-            and "key" in inspect.signature(method).parameters):
+            and needs_of(method).key):
         # Named before prefix groups cut the target: every group keys on the whole example.
         args = (adapter, batch.replace(example_ids=example_ids(batch))) + tuple(args[2:])
         batch = args[1]
     groups = ()
     if _groupable(adapter, batch, baseline, method=method, target_fn=target_fn,
                   step_fns=step_fns, n_dropout=n_dropout, layer=layer):
-        groups = _prefix_plan(adapter, batch, prefix_groups)
+        groups = prefix_plan(adapter, batch, prefix_groups)
     if len(groups) <= 1:
         return fn(*args, **kwargs)
     parts = [fn(adapter, truncate_batch(batch, a, b, p), *args[2:], **kwargs)
@@ -563,7 +600,7 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
     return stitch_groups(parts, batch)
 
 
-def _prefix_plan(adapter: ModelAdapter, batch: ModelBatch, prefix_groups) -> tuple:
+def prefix_plan(adapter: ModelAdapter, batch: ModelBatch, prefix_groups) -> tuple:
     """The prefix groups ``((a, b, P), ...)`` for a batch the pipeline may group, sized by
     the one-pass program's FLOPs (:func:`jaxattr.prefix_groups.plan_prefix_groups`)."""
     (B, L), T = batch.target_ids.shape, batch.step_mask.shape[1]
@@ -579,11 +616,12 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
     without a position axis, and step positions known on the host (not under an outer jit)."""
     return (method not in ATTENTION_METHODS and not adapter.is_encoder_decoder and layer is None
             # a fit over all positions (LIME) changes when later positions are cut off
-            and "position_mask" not in inspect.signature(method).parameters
+            and not needs_of(method).position_mask
             and not n_dropout and not isinstance(batch.step_positions, jax.core.Tracer)
             and all(is_separable(f) for f in (target_fn, *(f for _, f, _ in step_fns)))
             and (baseline is None
-                 or (not isinstance(baseline, dict) and jnp.ndim(baseline) < 2)))
+                 or (isinstance(baseline, BaselineSet) and not baseline.per_position)
+                 or (not isinstance(baseline, (dict, BaselineSet)) and jnp.ndim(baseline) < 2)))
 
 
 def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,

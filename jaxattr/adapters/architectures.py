@@ -79,8 +79,10 @@ class Architecture:
 
     Attributes:
       stacks: ``((stack, StackPaths), ...)`` with stack ``None``, ``"encoder"``, ``"decoder"``.
-      head: path of the language-model head ``nn.Dense`` (tied heads are applied unbound and
-        seen with an empty path and this module name).
+      head: path of the language-model head ``nn.Dense``, which the adapter's head piece
+        intercepts to gather the scored positions and split the head off (tied heads are
+        applied unbound and seen with an empty path and this module name). Every class of
+        the table names it ``lm_head``; a new class states its own here.
     """
     stacks: tuple
     head: str = "lm_head"

@@ -10,6 +10,7 @@ from .gradient import input_x_gradient, saliency
 from .gradient_shap import gradient_shap
 from .integrated_gradients import integrated_gradients
 from .lime import lime
+from .needs import MethodNeeds, declare, needs_of
 from .noise_tunnel import NOISE_TUNNEL_TYPES, noise_tunnel, smoothgrad, smoothgrad_sq, vargrad
 from .occlusion import occlusion
 from .quadrature import QUADRATURE_RULES, quadrature
@@ -21,7 +22,8 @@ __all__ = ["per_output_grads", "step_separable", "separable", "is_separable", "s
            "gradient_shap", "sequential_integrated_gradients", "occlusion",
            "smoothgrad", "smoothgrad_sq", "vargrad", "noise_tunnel", "NOISE_TUNNEL_TYPES",
            "quadrature", "QUADRATURE_RULES", "METHODS", "get_method", "attention_rollout",
-           "deeplift", "DEEPLIFT_MODES", "DEEPLIFT_RULES", "deeplift_rules", "lime"]
+           "deeplift", "DEEPLIFT_MODES", "DEEPLIFT_RULES", "deeplift_rules", "lime",
+           "MethodNeeds", "declare", "needs_of"]
 
 METHODS = {
     "saliency": saliency,

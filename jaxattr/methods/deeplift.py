@@ -9,6 +9,7 @@ from . import deeplift_rules
 from ._common import resolve_baseline
 from ._vjp import per_output_grads
 from .integrated_gradients import convergence_delta
+from .needs import declare
 
 __all__ = ["deeplift", "DEEPLIFT_MODES", "DEEPLIFT_RULES", "RESCALE_NEEDS_NATIVE"]
 
@@ -28,6 +29,7 @@ RESCALE_NEEDS_NATIVE = (
     "((x − baseline) ⊙ gradient, what Inseq computes) or a native model.")
 
 
+@declare(baseline=True, completeness=True)
 def deeplift(
     score_fn: Callable[..., Any],
     x: Any,

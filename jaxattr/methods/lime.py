@@ -8,12 +8,14 @@ import jax
 import jax.numpy as jnp
 
 from ._common import as_key, chunked_map, count, plain, resolve_baseline, token_axes
+from .needs import declare
 
 __all__ = ["lime"]
 
 _tmap = jax.tree_util.tree_map
 
 
+@declare(baseline=True, key=True, position_mask=True)
 def lime(
     score_fn: Callable[..., Any],
     x: Any,
