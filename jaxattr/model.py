@@ -146,8 +146,8 @@ class AttributionModel(ModelBase):
           :class:`~jaxattr.results.AttributionOutput` with one
           :class:`~jaxattr.results.SequenceAttribution` per input.
 
-        Integrated-gradients methods add the step score ``deltas`` (completeness error per
-        step) and emit a ``RuntimeWarning`` when some step's error exceeds 10% of its score
+        Integrated-gradients methods and DeepLIFT add the step score ``deltas`` (completeness
+        error per step; DeepLIFT's rescale rule sums to the change, so rounding only) and emit a ``RuntimeWarning`` when some step's error exceeds 10% of its score
         change ``s(x) - s(baseline)`` (raise ``n_steps``).
         """
         options = {k: v for k, v in locals().items() if k in _RUN_OPTIONS}

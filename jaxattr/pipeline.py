@@ -21,6 +21,7 @@ from .baselines import BaselineSet
 from .internals.sites import SiteError, is_raw_path, parse_site, resolve_sites
 from .methods._common import as_key, example_identity
 from .methods.attention_rollout import attention_rollout
+from .methods.deeplift import RESCALE_NEEDS_NATIVE, deeplift
 from .methods.gradient import input_x_gradient, saliency
 from .methods.needs import needs_of
 from .methods.separable import is_separable, step_separable
@@ -28,14 +29,16 @@ from .prefix_groups import (check_prefix_groups, one_pass_flops, plan_prefix_gro
                              stitch_groups, truncate_batch)
 from .results import BatchAttribution
 from .targets import TargetBatch
+from .value_zeroing import normalize_scores, value_zeroing_scores
 
 __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs",
            "keyword_names", "example_ids", "example_keys", "dropout_keys", "resolve_layer",
            "prefix_plan",
            "ATTENTION_METHODS", "ROLLOUT_ENC_DEC_ERROR"]
 
-# Methods read from the attention patterns of one forward (no score function, no gradient).
-ATTENTION_METHODS = ("attention", "attention_rollout")
+# Methods read from forwards alone (no score function, no gradient): the attention patterns
+# of one forward, and value zeroing (one corrupted forward per token, vmapped).
+ATTENTION_METHODS = ("attention", "attention_rollout", "value_zeroing")
 ROLLOUT_ENC_DEC_ERROR = (
     "method='attention_rollout' supports decoder-only models: through an encoder-decoder the "
     "rollout would have to mix encoder self-attention, decoder self-attention and "
@@ -278,6 +281,9 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
             capture=capture, patch=patch, positions=batch.step_positions - 1,
             return_head=split)
 
+    if (method is deeplift and dict(method_kwargs).get("mode", "rescale") == "rescale"
+            and not getattr(adapter, "deeplift_rules", False)):
+        raise ValueError(RESCALE_NEEDS_NATIVE)
     needs = needs_of(method)
     all_embeds = ({"source": src_embeds, "target": tgt_embeds} if adapter.is_encoder_decoder
                   else {"target": tgt_embeds})
@@ -456,6 +462,29 @@ def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, targ
                      reduce_hidden)
 
 
+def _value_zeroing_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, target_kwargs,
+                        step_fns, attribute_source, attribute_target, contrast_forward=False,
+                        reduce_hidden=None):
+    """Value zeroing (:mod:`jaxattr.value_zeroing`) of the positions that predict each step:
+    target rows ``[T, B, L, layers]``, each column normalised over the tokens the step sees
+    (Inseq's threshold 1e-5 and sum-to-1). Decoder-only."""
+    dist = value_zeroing_scores(adapter, target_ids=batch.target_ids,
+                                target_mask=batch.target_mask)        # [B, Ltok, Lpos, n]
+    q = batch.step_positions - 1
+    cols = jnp.take_along_axis(dist, q[:, None, :, None], axis=2)    # [B, Ltok, T, n]
+    tok = jnp.arange(dist.shape[1])
+    valid = ((tok[None, :, None] <= q[:, None, :])
+             & (batch.target_mask[:, :, None] > 0))[..., None]       # [B, Ltok, T, 1]
+    cols = normalize_scores(cols, valid) * valid
+    out = adapter.forward(target_ids=batch.target_ids, target_mask=batch.target_mask,
+                          positions=q)
+    tb = _target_batch(adapter, batch, contrast_forward)
+    step_scores = {name: fn(out["logits"], tb, **dict(kw)) * batch.step_mask
+                   for name, fn, kw in step_fns}
+    attr = {"target": jnp.transpose(cols, (2, 0, 1, 3))}              # [T, B, Ltok, n]
+    return _assemble(attr, batch, step_scores, False, True, reduce_hidden)
+
+
 def _baseline(adapter, batch, baseline, x):
     """Baseline pytree matching ``x``: id-based (UNK/PAD embeddings), zeros, or arrays."""
     out = {}
@@ -494,6 +523,9 @@ _attribute_jit = jax.jit(_traced, static_argnames=(
 _attention_jit = jax.jit(_attention_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
     "contrast_forward", "reduce_hidden", "rollout"))
+_value_zeroing_jit = jax.jit(_value_zeroing_impl, static_argnames=(
+    "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
+    "contrast_forward", "reduce_hidden"))
 
 
 def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, *,
@@ -594,6 +626,8 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
 
 def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,
           method_kwargs=(), split_head=True, **common):
+    if method == "value_zeroing":
+        return (_value_zeroing_jit if jit else _value_zeroing_impl), (adapter, batch), common
     if method in ATTENTION_METHODS:
         common = dict(common, rollout=method == "attention_rollout")
         return (_attention_jit if jit else _attention_impl), (adapter, batch), common

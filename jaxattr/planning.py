@@ -25,6 +25,7 @@ from .methods._common import check_finite, count
 from .methods.needs import needs_of
 from .methods.quadrature import QUADRATURE_RULES
 from .pipeline import ATTENTION_METHODS, ROLLOUT_ENC_DEC_ERROR, resolve_layer, split_kwargs
+from .value_zeroing import VALUE_ZEROING_ENC_DEC_ERROR
 from .prefix_groups import check_prefix_groups
 from .spec import PreparedRun, RunSpec, fn_name, hashable
 from .targets import get_target, target_needs
@@ -56,6 +57,8 @@ def resolve_method(adapter, method, layer) -> tuple:
             raise ValueError(f"`layer` does not apply to method={method!r}.")
         if method == "attention_rollout" and adapter.is_encoder_decoder:
             raise ValueError(ROLLOUT_ENC_DEC_ERROR)
+        if method == "value_zeroing" and adapter.is_encoder_decoder:
+            raise ValueError(VALUE_ZEROING_ENC_DEC_ERROR)
         return method, None
     if isinstance(method, str) and method not in list_methods():
         raise ValueError(

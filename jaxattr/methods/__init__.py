@@ -4,7 +4,8 @@ Nothing here imports transformers or flax: every method works on any JAX functio
 """
 from ._vjp import per_output_grads
 from .attention_rollout import attention_rollout
-from .deeplift import DEEPLIFT_RULES, deeplift
+from . import deeplift_rules
+from .deeplift import DEEPLIFT_MODES, DEEPLIFT_RULES, deeplift
 from .gradient import input_x_gradient, saliency
 from .gradient_shap import gradient_shap
 from .integrated_gradients import integrated_gradients
@@ -21,7 +22,8 @@ __all__ = ["per_output_grads", "step_separable", "separable", "is_separable", "s
            "gradient_shap", "sequential_integrated_gradients", "occlusion",
            "smoothgrad", "smoothgrad_sq", "vargrad", "noise_tunnel", "NOISE_TUNNEL_TYPES",
            "quadrature", "QUADRATURE_RULES", "METHODS", "get_method", "attention_rollout",
-           "deeplift", "DEEPLIFT_RULES", "lime", "MethodNeeds", "declare", "needs_of"]
+           "deeplift", "DEEPLIFT_MODES", "DEEPLIFT_RULES", "deeplift_rules", "lime",
+           "MethodNeeds", "declare", "needs_of"]
 
 METHODS = {
     "saliency": saliency,
