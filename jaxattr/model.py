@@ -401,7 +401,7 @@ class AttributionModel:
         for chunk in it:
             batch = self._batch(plan, chunk)
             result = attribute_batch(self._placed_adapter(plan.mesh), batch, plan.baseline_arrays,
-                                     jit=jit, **plan.call)
+                                     jit=jit, method_arrays=plan.method_arrays, **plan.call)
             batches.append(result)
             host = jax.device_get(result)
             for row, i in enumerate(chunk):
@@ -431,7 +431,8 @@ class AttributionModel:
         batch = self._batch(plan, chunk)
         from .pipeline import compiled_attribute
         compiled = compiled_attribute(self._placed_adapter(plan.mesh), batch,
-                                      plan.baseline_arrays, **plan.call)
+                                      plan.baseline_arrays, method_arrays=plan.method_arrays,
+                                      **plan.call)
         m = compiled.memory_analysis()
         out = {"argument": int(m.argument_size_in_bytes), "output": int(m.output_size_in_bytes),
                "temp": int(m.temp_size_in_bytes),
@@ -542,8 +543,9 @@ class AttributionModel:
         attribute_source = self.is_encoder_decoder
         attribute_target = attribute_target or not self.is_encoder_decoder
 
-        uses_baseline = (method_fn not in ATTENTION_METHODS
-                         and "baseline" in inspect.signature(method_fn).parameters)
+        method_params = ({} if method_fn in ATTENTION_METHODS
+                         else inspect.signature(method_fn).parameters)
+        uses_baseline = "baseline" in method_params or "baseline_ids" in method_params
         baseline_ids_kind, baseline_arrays = None, None
         if uses_baseline:
             if isinstance(baseline, str):
@@ -554,6 +556,15 @@ class AttributionModel:
             elif baseline is not None:
                 baseline_arrays = _custom_baseline(baseline)
 
+        if "baseline_ids" in method_params and baseline_ids_kind is None:
+            raise ValueError(f"method={_fn_name(method)!r} needs baseline tokens: "
+                             "baseline='unk' (default) or 'pad', not zeros or an array (its "
+                             "path ends at a word of the vocabulary).")
+        method_arrays = self._method_arrays(method_params, routed.get("method", {}),
+                                            attribute_source, attribute_target)
+        if "special_ids" in method_params and "special_ids" not in routed.get("method", {}):
+            routed.setdefault("method", {})["special_ids"] = tuple(
+                sorted(set(self.tokenizer.all_special_ids)))
         mesh = _resolve_mesh(mesh)
         order = sorted(range(len(seqs)), key=lambda i: (len(seqs[i].target_ids),
                                                          len(seqs[i].source_ids or ())))
@@ -594,7 +605,23 @@ class AttributionModel:
         }
         return _Plan(seqs=seqs, contrasts=contrasts, alignments=alignments, chunks=chunks,
                      rows=rows, baseline_ids_kind=baseline_ids_kind,
-                     baseline_arrays=baseline_arrays, call=call, info=info, mesh=mesh)
+                     baseline_arrays=baseline_arrays, call=call, info=info, mesh=mesh,
+                     method_arrays=method_arrays)
+
+    def _method_arrays(self, method_params, method_kwargs: dict, attribute_source: bool,
+                       attribute_target: bool) -> Optional[dict]:
+        """Array arguments a method declares that come from the model, not the batch: DIG's
+        neighbour lists ``knn`` per attributed side, computed on the device once per
+        embedding table and cached (:mod:`jaxattr.knn_cache`)."""
+        if "knn" not in method_params or method_kwargs.get("knn") is not None:
+            return None
+        from .knn_cache import cached_knn_graph
+        from .pipeline import vocabulary_table
+        n_neighbors = method_kwargs.get("n_neighbors", method_params["n_neighbors"].default)
+        sides = [s for s, on in (("source", attribute_source), ("target", attribute_target))
+                 if on]
+        return {"knn": {side: cached_knn_graph(vocabulary_table(self.adapter, side),
+                                               n_neighbors) for side in sides}}
 
     def _check_exact_length(self, seqs) -> None:
         """Refuse sequences longer than the backend computes exactly (Flax Mistral's window)."""
@@ -844,6 +871,7 @@ class _Plan:
     call: dict
     info: dict
     mesh: Any = None
+    method_arrays: Optional[dict] = None
 
 
 def _resolve_mesh(mesh):

@@ -228,11 +228,11 @@ def _attributed_inputs(adapter, batch, baseline, run, emb: dict, all_embeds: dic
 def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, method, method_kwargs,
                     target_fn, target_kwargs, step_fns, attribute_source, attribute_target,
                     contrast_forward=False, n_dropout=0, dropout_seed=0, layer=None,
-                    reduce_hidden=None, split_head=True):
+                    reduce_hidden=None, split_head=True, method_arrays=None):
     common = dict(method=method, method_kwargs=method_kwargs, target_fn=target_fn,
                   target_kwargs=target_kwargs, step_fns=step_fns, contrast_forward=contrast_forward,
                   n_dropout=n_dropout, dropout_seed=dropout_seed, reduce_hidden=reduce_hidden,
-                  split_head=split_head)
+                  split_head=split_head, method_arrays=method_arrays)
     if layer is not None and len(layer) > 1 and method not in _POINT_GRADIENT_METHODS:
         # Methods that move the activations (IG paths, noise) see each site on its own: the
         # rest of the network runs from the moved value, as in a single-layer call.
@@ -311,6 +311,8 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     keys = example_keys(method, kwargs, batch)
     if keys is not None:
         kwargs["key"] = keys
+    kwargs.update(_token_inputs(adapter, batch, method, x, layer, step_logits_of, tbatch))
+    kwargs.update(method_arrays or {})
     attr, (step_logits, tb, scores) = method(score_fn, x, has_aux=True, **kwargs)
 
     step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
@@ -327,6 +329,64 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     parts = [_assemble({side: attr[name]}, batch, step_scores, attribute_source,
                        attribute_target, reduce_hidden) for name in layer]
     return parts[0] if len(parts) == 1 else _stack_sites(parts)
+
+
+_TOKEN_INPUTS = ("token_ids", "baseline_ids", "vocabulary", "logits_fn", "target_ids",
+                 "visible")
+
+
+def _token_inputs(adapter, batch: ModelBatch, method: Callable, x: dict, layer,
+                  logits_of: Callable, tbatch) -> dict:
+    """Token-level inputs of methods that declare them (DIG's paths and ReAGent's
+    replacements run through the vocabulary): ``token_ids`` / ``baseline_ids``
+    ``{side: [B, L]}``, ``vocabulary`` ``{side: [V, H]}`` (the attributed embedding table,
+    with the model's scale), ``logits_fn`` (``x -> [B, T, V]`` step logits), ``target_ids``
+    ``[B, T]`` and ``visible`` ``{side: [B, T, L]}`` (the real positions each real step
+    sees: its prefix on a causal side)."""
+    params = inspect.signature(method).parameters
+    if not set(_TOKEN_INPUTS) & set(params):
+        return {}
+    name = getattr(method, "__name__", "this method")
+    if layer is not None:
+        raise ValueError(f"{name} attributes token embeddings (its path runs through the "
+                         "vocabulary); it has no layer variant: drop `layer`.")
+    ids = {side: batch.source_ids if side == "source" else batch.target_ids for side in x}
+    base = {side: batch.baseline_source_ids if side == "source" else batch.baseline_target_ids
+            for side in x}
+    if "baseline_ids" in params and any(b is None for b in base.values()):
+        raise ValueError(f"{name} needs baseline tokens: baseline='unk' (default) or 'pad', "
+                         "not zeros or an array (its path ends at a word of the vocabulary).")
+    out = {}
+    if "token_ids" in params:
+        out["token_ids"] = ids
+    if "baseline_ids" in params:
+        out["baseline_ids"] = base
+    if "vocabulary" in params:
+        out["vocabulary"] = {side: vocabulary_table(adapter, side) for side in x}
+    if "logits_fn" in params:
+        out["logits_fn"] = logits_of
+    if "target_ids" in params:
+        out["target_ids"] = tbatch.target_ids
+    if "visible" in params:
+        step = batch.step_mask[:, :, None] > 0
+        vis = {}
+        for side in x:
+            if side == "source":
+                vis[side] = step & (batch.source_mask[:, None, :] > 0)
+            else:
+                L = batch.target_ids.shape[1]
+                before = jnp.arange(L)[None, None, :] < batch.step_positions[:, :, None]
+                vis[side] = step & before & (batch.target_mask[:, None, :] > 0)
+        out["visible"] = vis
+    return out
+
+
+def vocabulary_table(adapter, side: str) -> jax.Array:
+    """``[V, H]``: every token's attributed embedding on ``side`` (``"source"`` or
+    ``"target"``), i.e. the embedding table times the model's embedding scale."""
+    emb_side = "encoder" if side == "source" else "decoder"
+    n_vocab = adapter.embedding_matrix(emb_side).shape[0]
+    return adapter.embed(jnp.arange(n_vocab)[None], side=emb_side)[0]
 
 
 def _stack_sites(parts: list) -> BatchAttribution:
@@ -467,6 +527,7 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                     dropout_seed: int = 0, layer: Optional[tuple] = None,
                     reduce_hidden: Optional[str] = None, split_head: bool = True,
                     prefix_groups: Union[str, int] = "auto",
+                    method_arrays: Optional[dict] = None,
                     jit: bool = True) -> BatchAttribution:
     """Attribute one padded batch.
 
@@ -477,6 +538,8 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
         when the method takes a baseline and ``batch`` carries no baseline ids.
       method: ``method(score_fn, x, *, has_aux=True, **method_kwargs)``.
       method_kwargs, target_kwargs: hashable ``((key, value), ...)`` tuples (static).
+      method_arrays: more keyword arguments of the method that are arrays (traced, not
+        static), such as DIG's cached neighbour lists ``knn``.
       target_fn: ``(logits[B,T,V], TargetBatch, **kw) -> [B, T]``, the attributed function.
       step_fns: ``((name, fn, kwargs_tuple), ...)`` step scores from the same forward.
       attribute_source / attribute_target: which embeddings to attribute.
@@ -513,7 +576,7 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                              attribute_source=attribute_source, attribute_target=attribute_target,
                              contrast_forward=contrast_forward, n_dropout=n_dropout,
                              dropout_seed=dropout_seed, layer=layer, reduce_hidden=reduce_hidden,
-                             split_head=split_head)
+                             split_head=split_head, method_arrays=method_arrays)
     check_prefix_groups(prefix_groups)
     if (method not in ATTENTION_METHODS and batch.example_ids is None
             and "key" in inspect.signature(method).parameters):
@@ -547,7 +610,7 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
     without a position axis, and step positions known on the host (not under an outer jit)."""
     return (method not in ATTENTION_METHODS and not adapter.is_encoder_decoder and layer is None
             # a fit over all positions (LIME) changes when later positions are cut off
-            and "position_mask" not in inspect.signature(method).parameters
+            and not {"position_mask", "visible"} & set(inspect.signature(method).parameters)
             and not n_dropout and not isinstance(batch.step_positions, jax.core.Tracer)
             and all(is_separable(f) for f in (target_fn, *(f for _, f, _ in step_fns)))
             and (baseline is None
@@ -555,13 +618,14 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
 
 
 def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,
-          method_kwargs=(), split_head=True, **common):
+          method_kwargs=(), split_head=True, method_arrays=None, **common):
     if method in ATTENTION_METHODS:
         common = dict(common, rollout=method == "attention_rollout")
         return (_attention_jit if jit else _attention_impl), (adapter, batch), common
     return ((_attribute_jit if jit else _attribute_impl), (adapter, batch, baseline),
             dict(common, method=method, method_kwargs=method_kwargs, n_dropout=n_dropout,
-                 dropout_seed=dropout_seed, layer=layer, split_head=split_head))
+                 dropout_seed=dropout_seed, layer=layer, split_head=split_head,
+                 method_arrays=method_arrays))
 
 
 def compiled_attribute(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, **kw):
