@@ -24,10 +24,13 @@ from .methods import attention_rollout, deeplift, discretized_integrated_gradien
 from .methods import (gradient_shap, occlusion, sequential_integrated_gradients, smoothgrad,
                       smoothgrad_sq, vargrad)
 from .catalog import list_methods, list_targets
-from .model import AttributionModel, load_model
+from .model import AttributionModel
+from .model_loading import load_model
+from .spec import PreparedRun, RunSpec
 from .pipeline import ModelBatch, attribute_batch
 from .results import AttributionOutput, BatchAttribution, SequenceAttribution
 from . import io
+from . import render  # fills jaxattr.views: results dispatch show/to_html/… by name
 from . import evaluate
 from . import context
 from .context import attribute_context
@@ -48,7 +51,7 @@ __all__ = [
     "discretized_integrated_gradients", "reagent",
     # models
     "load_model", "AttributionModel", "list_methods", "list_targets", "enable_compilation_cache", "ModelAdapter", "make_adapter", "supported_architectures",
-    "ModelBatch", "attribute_batch",
+    "ModelBatch", "attribute_batch", "PreparedRun", "RunSpec",
     # targets
     "TargetBatch", "get_target", "register_target",
     # results

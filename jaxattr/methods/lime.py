@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ._common import as_key, chunked_map, count, plain, resolve_baseline, token_axes
+from .needs import declare
 
 __all__ = ["lime", "weighted_ridge", "SIMILARITIES"]
 
@@ -50,6 +51,7 @@ def weighted_ridge(design: jax.Array, y: jax.Array, weights: jax.Array,
 _tmap = jax.tree_util.tree_map
 
 
+@declare(baseline=True, key=True, position_mask=True)
 def lime(
     score_fn: Callable[..., Any],
     x: Any,
