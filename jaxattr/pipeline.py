@@ -245,11 +245,11 @@ def _attributed_inputs(adapter, batch, baseline, run, emb: dict, all_embeds: dic
 def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, method, method_kwargs,
                     target_fn, target_kwargs, step_fns, attribute_source, attribute_target,
                     contrast_forward=False, n_dropout=0, dropout_seed=0, layer=None,
-                    reduce_hidden=None, split_head=True):
+                    reduce_hidden=None, split_head=True, method_arrays=None):
     common = dict(method=method, method_kwargs=method_kwargs, target_fn=target_fn,
                   target_kwargs=target_kwargs, step_fns=step_fns, contrast_forward=contrast_forward,
                   n_dropout=n_dropout, dropout_seed=dropout_seed, reduce_hidden=reduce_hidden,
-                  split_head=split_head)
+                  split_head=split_head, method_arrays=method_arrays)
     if layer is not None and len(layer) > 1 and method not in _POINT_GRADIENT_METHODS:
         # Methods that move the activations (IG paths, noise) see each site on its own: the
         # rest of the network runs from the moved value, as in a single-layer call.
@@ -296,6 +296,10 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
                          target_kwargs=target_kwargs, split=split, n_dropout=n_dropout,
                          dropout_seed=dropout_seed)
     kwargs = _call_kwargs(method, needs, method_kwargs, batch, x, base_x, layer=layer)
+    if needs.token_inputs:
+        kwargs.update(_token_inputs(adapter, batch, needs, x, layer,
+                                    lambda xd: forward(xd)["logits"], tbatch))
+        kwargs.update(method_arrays or {})
     attr, (step_logits, tb, scores) = method(score_fn, x, has_aux=True, **kwargs)
 
     step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
@@ -365,6 +369,59 @@ def _call_kwargs(method, needs, method_kwargs, batch: ModelBatch, x, base_x, *,
     if keys is not None:
         kwargs["key"] = keys
     return kwargs
+
+
+def _token_inputs(adapter, batch: ModelBatch, needs, x: dict, layer, logits_of: Callable,
+                  tbatch: TargetBatch) -> dict:
+    """Token-level inputs a method declares (:data:`jaxattr.methods.needs.TOKEN_INPUTS`;
+    DIG's paths and ReAGent's replacements run through the vocabulary): ``token_ids`` /
+    ``baseline_ids`` ``{side: [B, L]}``, ``vocabulary`` ``{side: [V, H]}`` (the attributed
+    embedding table, with the model's scale), ``logits_fn`` (``x -> [B, T, V]`` step
+    logits), ``target_ids`` ``[B, T]`` and ``visible`` ``{side: [B, T, L]}`` (the real
+    positions each real step sees: its prefix on a causal side). ``knn`` comes in
+    ``method_arrays``."""
+    wants = needs.token_inputs
+    if layer is not None:
+        raise ValueError("this method attributes token embeddings (its inputs run through "
+                         "the vocabulary); it has no layer variant: drop `layer`.")
+    out = {}
+    if "token_ids" in wants:
+        out["token_ids"] = {side: batch.source_ids if side == "source" else batch.target_ids
+                            for side in x}
+    if "baseline_ids" in wants:
+        base = {side: batch.baseline_source_ids if side == "source"
+                else batch.baseline_target_ids for side in x}
+        if any(b is None for b in base.values()):
+            raise ValueError("this method needs baseline tokens: baseline='unk' (default) or "
+                             "'pad', not zeros or an array (its path ends at a word of the "
+                             "vocabulary).")
+        out["baseline_ids"] = base
+    if "vocabulary" in wants:
+        out["vocabulary"] = {side: vocabulary_table(adapter, side) for side in x}
+    if "logits_fn" in wants:
+        out["logits_fn"] = logits_of
+    if "target_ids" in wants:
+        out["target_ids"] = tbatch.target_ids
+    if "visible" in wants:
+        step = batch.step_mask[:, :, None] > 0
+        vis = {}
+        for side in x:
+            if side == "source":
+                vis[side] = step & (batch.source_mask[:, None, :] > 0)
+            else:
+                L = batch.target_ids.shape[1]
+                before = jnp.arange(L)[None, None, :] < batch.step_positions[:, :, None]
+                vis[side] = step & before & (batch.target_mask[:, None, :] > 0)
+        out["visible"] = vis
+    return out
+
+
+def vocabulary_table(adapter, side: str) -> jax.Array:
+    """``[V, H]``: every token's attributed embedding on ``side`` (``"source"`` or
+    ``"target"``), i.e. the embedding table times the model's embedding scale."""
+    emb_side = "encoder" if side == "source" else "decoder"
+    n_vocab = adapter.embedding_matrix(emb_side).shape[0]
+    return adapter.embed(jnp.arange(n_vocab)[None], side=emb_side)[0]
 
 
 def _stack_sites(parts: list) -> BatchAttribution:
@@ -535,6 +592,7 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                     dropout_seed: int = 0, layer: Optional[tuple] = None,
                     reduce_hidden: Optional[str] = None, split_head: bool = True,
                     prefix_groups: Union[str, int] = "auto",
+                    method_arrays: Optional[dict] = None,
                     jit: bool = True) -> BatchAttribution:
     """Attribute one padded batch.
 
@@ -545,6 +603,8 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
         when the method takes a baseline and ``batch`` carries no baseline ids.
       method: ``method(score_fn, x, *, has_aux=True, **method_kwargs)``.
       method_kwargs, target_kwargs: hashable ``((key, value), ...)`` tuples (static).
+      method_arrays: more keyword arguments of the method that are arrays (traced, not
+        static), such as DIG's cached neighbour lists ``knn``.
       target_fn: ``(logits[B,T,V], TargetBatch, **kw) -> [B, T]``, the attributed function.
       step_fns: ``((name, fn, kwargs_tuple), ...)`` step scores from the same forward.
       attribute_source / attribute_target: which embeddings to attribute.
@@ -582,7 +642,7 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                              attribute_source=attribute_source, attribute_target=attribute_target,
                              contrast_forward=contrast_forward, n_dropout=n_dropout,
                              dropout_seed=dropout_seed, layer=layer, reduce_hidden=reduce_hidden,
-                             split_head=split_head)
+                             split_head=split_head, method_arrays=method_arrays)
     check_prefix_groups(prefix_groups)
     if (method not in ATTENTION_METHODS and batch.example_ids is None
             and needs_of(method).key):
@@ -617,6 +677,8 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
     return (method not in ATTENTION_METHODS and not adapter.is_encoder_decoder and layer is None
             # a fit over all positions (LIME) changes when later positions are cut off
             and not needs_of(method).position_mask
+            # ReAGent keys its probes on the step index, which a group would renumber
+            and "visible" not in needs_of(method).token_inputs
             and not n_dropout and not isinstance(batch.step_positions, jax.core.Tracer)
             and all(is_separable(f) for f in (target_fn, *(f for _, f, _ in step_fns)))
             and (baseline is None
@@ -625,7 +687,7 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
 
 
 def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,
-          method_kwargs=(), split_head=True, **common):
+          method_kwargs=(), split_head=True, method_arrays=None, **common):
     if method == "value_zeroing":
         return (_value_zeroing_jit if jit else _value_zeroing_impl), (adapter, batch), common
     if method in ATTENTION_METHODS:
@@ -633,7 +695,8 @@ def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0,
         return (_attention_jit if jit else _attention_impl), (adapter, batch), common
     return ((_attribute_jit if jit else _attribute_impl), (adapter, batch, baseline),
             dict(common, method=method, method_kwargs=method_kwargs, n_dropout=n_dropout,
-                 dropout_seed=dropout_seed, layer=layer, split_head=split_head))
+                 dropout_seed=dropout_seed, layer=layer, split_head=split_head,
+                 method_arrays=method_arrays))
 
 
 def compiled_attribute(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, **kw):

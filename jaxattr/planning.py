@@ -148,7 +148,16 @@ def _baseline(adapter, spec: RunSpec, baseline, seqs) -> tuple:
     """``(baseline_ids_kind, custom)`` for a method that takes a baseline: ``custom`` is a
     checked array, or a :class:`~jaxattr.baselines.BaselineSet` (gradient SHAP's set)."""
     method_fn = spec.method
-    if method_fn in ATTENTION_METHODS or not needs_of(method_fn).baseline:
+    if method_fn in ATTENTION_METHODS:
+        return None, None
+    needs = needs_of(method_fn)
+    if "baseline_ids" in needs.token_inputs:  # DIG: the path ends at a token
+        if not (isinstance(baseline, str) and baseline in ("unk", "pad")):
+            raise ValueError(f"method={fn_name(method_fn)!r} needs baseline tokens: "
+                             "baseline='unk' (default) or 'pad', not zeros or an array (its "
+                             "path ends at a word of the vocabulary).")
+        return baseline, None
+    if not needs.baseline:
         return None, None
     if is_baseline_set(baseline):  # gradient SHAP's distribution of baselines
         custom, kind = plan_baseline_set(adapter, baseline, method_fn, seqs,
@@ -239,6 +248,10 @@ def _spec(model, a: dict, kwargs: dict) -> tuple:
     target_fn = get_target(a["attributed_fn"])
     step_targets = [(fn_name(s), get_target(s)) for s in a["step_scores"]]
     routed = _route(kwargs, method_fn, target_fn, step_targets)
+    if (method_fn not in ATTENTION_METHODS and "special_ids" in needs_of(method_fn).options
+            and "special_ids" not in routed.get("method", {})):
+        routed.setdefault("method", {})["special_ids"] = tuple(
+            sorted(set(model.tokenizer.all_special_ids)))
     has_contrast = a["contrast_targets"] is not None or a["contrast_sources"] is not None
     step_fns, contrast_forward, n_dropout = _target_plan(
         a["attributed_fn"], a["step_scores"], routed, has_contrast=has_contrast,
@@ -292,4 +305,22 @@ def prepare_run(model, input_texts, generated_texts, **a) -> PreparedRun:
         mesh=mesh,
         pad_id=model.pad_token_id, max_positions=model.max_positions,
         baseline_token=model.pad_token_id if token is None else int(token),
-        special_ids=tuple(sorted(set(tok.all_special_ids))))
+        special_ids=tuple(sorted(set(tok.all_special_ids))),
+        method_arrays=method_arrays(model, spec))
+
+
+def method_arrays(model, spec: RunSpec):
+    """Array keywords a method declares that come from the model, not the batch: DIG's
+    neighbour lists ``knn`` per attributed side, computed on the device once per embedding
+    table and cached (:mod:`jaxattr.knn_cache`). ``None`` for other methods."""
+    if spec.method in ATTENTION_METHODS or "knn" not in needs_of(spec.method).token_inputs:
+        return None
+    given = dict(spec.method_kwargs)
+    from .knn_cache import cached_knn_graph
+    from .pipeline import vocabulary_table
+    default = inspect.signature(spec.method).parameters["n_neighbors"].default
+    n_neighbors = given.get("n_neighbors", default)
+    sides = [s for s, on in (("source", spec.attribute_source),
+                             ("target", spec.attribute_target)) if on]
+    return {"knn": {side: cached_knn_graph(vocabulary_table(model.adapter, side), n_neighbors)
+                    for side in sides}}

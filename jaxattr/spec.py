@@ -101,6 +101,10 @@ class PreparedRun:
       pad_id, max_positions: padding token and position limit of the model.
       baseline_token, special_ids: the token whose embedding forms an id-based baseline,
         and the special tokens it leaves as they are.
+      method_arrays: array keywords of the method computed once per model, not per batch
+        (DIG's cached neighbour lists ``{"knn": {side: [V, K]}}``), passed to
+        :func:`~jaxattr.pipeline.attribute_batch` as ``method_arrays``; ``None``: none
+        (DIG then builds its neighbour lists inside the program).
     """
     spec: RunSpec
     seqs: tuple
@@ -115,6 +119,7 @@ class PreparedRun:
     max_positions: Optional[int]
     baseline_token: int
     special_ids: tuple
+    method_arrays: Any = None
 
     @property
     def n_batches(self) -> int:
