@@ -57,9 +57,11 @@ def measure(model, prompts, texts, method, **kw):
     from jaxattr import pipeline
     from profile_pipeline import xla_flops
     args = dict(method=method, show_progress=False, prefix_groups=1, **kw)
-    plan = model._plan_from_kwargs(prompts, texts, **args)
-    batch = model._batch(plan, plan.chunks[0])
-    call = {k: v for k, v in plan.call.items() if k != "prefix_groups"}
+    args.pop("show_progress")
+    prep = model.prepare(prompts, texts, **args)
+    args["show_progress"] = False
+    batch = prep.batch(0)
+    call = {k: v for k, v in prep.spec.pipeline_kwargs().items() if k != "prefix_groups"}
     flops = xla_flops(pipeline._attribute_jit, model.adapter, batch, None, **call)[0]
     out = model.attribute(prompts, texts, **args)
     times, cpu = [], []
@@ -91,9 +93,9 @@ def compile_time(layers, tok):
     model = jaxattr.load_model(NativeModel(config, NativeDecoder(params=params, spec=spec)),
                                tokenizer=tok)
     prompts, texts = map(list, zip(*workload(tok)))
-    plan = model._plan_from_kwargs(prompts, texts, method="saliency", prefix_groups=1)
-    batch = model._batch(plan, plan.chunks[0])
-    call = {k: v for k, v in plan.call.items() if k != "prefix_groups"}
+    prep = model.prepare(prompts, texts, method="saliency", prefix_groups=1)
+    batch = prep.batch(0)
+    call = {k: v for k, v in prep.spec.pipeline_kwargs().items() if k != "prefix_groups"}
     jax.clear_caches()
     t, c = time.perf_counter(), time.process_time()
     pipeline._attribute_jit.lower(model.adapter, batch, None, **call).compile()

@@ -66,12 +66,13 @@ def main(argv=None):
     rows = []
     for cont in [int(c) for c in args.cont.split(",")]:
         prompts, gens = zip(*pairs(model.tokenizer, args.batch, cont))
-        kw = dict(method="saliency", show_progress=False, batch_size=args.batch)
-        plan = model._plan_from_kwargs(list(prompts), list(gens), **kw)
-        batch = model._batch(plan, plan.chunks[0])
+        kw = dict(method="saliency", batch_size=args.batch)
+        prep = model.prepare(list(prompts), list(gens), **kw)
+        kw["show_progress"] = False
+        batch = prep.batch(0)
         L = batch.target_ids.shape[1]
-        groups = pipeline._prefix_plan(model.adapter, batch, "auto")   # what "auto" runs
-        call = {k: v for k, v in plan.call.items() if k != "prefix_groups"}
+        groups = pipeline.prefix_plan(model.adapter, batch, "auto")   # what "auto" runs
+        call = {k: v for k, v in prep.spec.pipeline_kwargs().items() if k != "prefix_groups"}
 
         def flops(call):
             one = xla_flops(pipeline._attribute_jit, model.adapter, batch, None, **call)[0]

@@ -37,6 +37,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from . import views as _views
+
 __all__ = [
     # hidden-axis reductions (arrays)
     "vnorm", "hidden_sum", "hidden_mean", "absmax", "REDUCTIONS", "default_aggregator",
@@ -364,7 +366,8 @@ def normalize_columns(*parts):
 # Methods whose attribution is a signed share of s(x) - s(baseline) (completeness), and
 # contrastive targets, whose sign says "for the output" or "for the alternative".
 SIGNED_METHODS = frozenset({"integrated_gradients", "layer_integrated_gradients",
-                            "gradient_shap", "occlusion", "sequential_integrated_gradients"})
+                            "gradient_shap", "occlusion", "sequential_integrated_gradients",
+                            "deeplift", "layer_deeplift"})
 
 
 def default_aggregator(info: dict) -> str:
@@ -375,7 +378,7 @@ def default_aggregator(info: dict) -> str:
     against the alternative) unless the method is the unsigned saliency; ``"vnorm"`` (L2, as
     in Inseq) otherwise."""
     method = info.get("method")
-    if method in ("attention", "attention_rollout"):
+    if method in ("attention", "attention_rollout", "value_zeroing"):
         return "mean"
     if method in SIGNED_METHODS:
         return "sum"
@@ -844,3 +847,11 @@ def slice_tokens(x, *, source=None, target=None):
             attr_pos_start=cs - s, attr_pos_end=ce - s,
             target_ids=None if seq.target_ids is None else seq.target_ids[s:e])
     return seq
+
+
+# Result objects reach these through the view registry (jaxattr.results imports nothing above it).
+for _name, _fn in (("reduce_hidden", reduce_hidden), ("normalize", normalize),
+                   ("rescale", rescale), ("merge_words", merge_words),
+                   ("merge_spans", merge_spans), ("slice_tokens", slice_tokens),
+                   ("difference", difference), ("aggregate_sequence", aggregate_sequence)):
+    _views.provide(_name, _fn)

@@ -35,6 +35,8 @@ from typing import Any, Iterable, Union
 
 import numpy as np
 
+from . import views as _views
+
 __all__ = ["save", "load", "dumps", "loads", "ResultFileError", "FORMAT", "FORMAT_VERSION",
            "scores_dict", "to_dataframe"]
 
@@ -465,3 +467,8 @@ def to_dataframe(x, *, aggregate: bool = True):
     df = pd.DataFrame(cols)
     return df.astype({"sequence": "int64", "row": "int64", "step": "int64",
                       "position": "int64", "value": "float64"})
+
+
+# Result objects reach these through the view registry (jaxattr.results imports nothing above it).
+for _name, _fn in (("save", save), ("scores_dict", scores_dict), ("to_dataframe", to_dataframe)):
+    _views.provide(_name, _fn)

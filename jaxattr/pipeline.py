@@ -17,22 +17,29 @@ import numpy as np
 from flax import struct
 
 from .adapters import ModelAdapter
+from .baselines import BaselineSet
+from .compile_effort import EffortJit
 from .internals.sites import SiteError, is_raw_path, parse_site, resolve_sites
 from .methods._common import as_key, example_identity
 from .methods.attention_rollout import attention_rollout
+from .methods.deeplift import RESCALE_NEEDS_NATIVE, deeplift
 from .methods.gradient import input_x_gradient, saliency
+from .methods.needs import needs_of
 from .methods.separable import is_separable, step_separable
 from .prefix_groups import (check_prefix_groups, one_pass_flops, plan_prefix_groups,
                              stitch_groups, truncate_batch)
 from .results import BatchAttribution
 from .targets import TargetBatch
+from .value_zeroing import normalize_scores, value_zeroing_scores
 
 __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs",
-           "keyword_names", "example_ids", "example_keys", "resolve_layer",
+           "keyword_names", "example_ids", "example_keys", "dropout_keys", "resolve_layer",
+           "prefix_plan",
            "ATTENTION_METHODS", "ROLLOUT_ENC_DEC_ERROR"]
 
-# Methods read from the attention patterns of one forward (no score function, no gradient).
-ATTENTION_METHODS = ("attention", "attention_rollout")
+# Methods read from forwards alone (no score function, no gradient): the attention patterns
+# of one forward, and value zeroing (one corrupted forward per token, vmapped).
+ATTENTION_METHODS = ("attention", "attention_rollout", "value_zeroing")
 ROLLOUT_ENC_DEC_ERROR = (
     "method='attention_rollout' supports decoder-only models: through an encoder-decoder the "
     "rollout would have to mix encoder self-attention, decoder self-attention and "
@@ -79,11 +86,13 @@ def keyword_names(fn: Callable) -> set:
 def split_kwargs(kwargs: dict, owners: dict) -> dict:
     """Route each keyword to the functions (by role) that declare it.
 
-    ``owners`` maps a role (``"method"``, ``"attributed_fn"``) to a function. A keyword no
-    function declares raises, naming the accepted ones.
+    ``owners`` maps a role (``"method"``, ``"attributed_fn"``) to the set of keyword names
+    it takes (a method's ``needs_of(method).options``) or to a function whose keywords are
+    read (targets). A keyword nobody declares raises, naming the accepted ones.
     """
     routed = {role: {} for role in owners}
-    declared = {role: keyword_names(fn) for role, fn in owners.items()}
+    declared = {role: (set(fn) if isinstance(fn, (set, frozenset)) else keyword_names(fn))
+                for role, fn in owners.items()}
     for key, value in kwargs.items():
         hits = [role for role, names in declared.items() if key in names]
         if not hits:
@@ -110,18 +119,27 @@ def example_ids(batch: ModelBatch) -> jax.Array:
 
 
 def example_keys(method: Callable, method_kwargs: dict, batch: ModelBatch):
-    """Per-example PRNG keys ``[B]`` for a method that draws random numbers (declares ``key``):
-    the method's key (given or its default) folded with each example's identity, so that an
-    example's noise is the same alone, in any batch, at any row, padded to any length, and
-    sharded. ``None`` for methods without a ``key``."""
-    params = inspect.signature(method).parameters
-    if "key" not in params:
+    """Per-example PRNG keys ``[B]`` for a method that draws random numbers (declares
+    ``key``): the method's key (given or its declared default) folded with each example's
+    identity, so that an example's noise is the same alone, in any batch, at any row, padded
+    to any length, and sharded. ``None`` for methods without a ``key``."""
+    needs = needs_of(method)
+    if not needs.key:
         return None
-    base = as_key(method_kwargs.get("key", params["key"].default))
+    base = as_key(method_kwargs.get("key", needs.key_default))
     if base.ndim != 0:
         raise ValueError("model.attribute(key=...) takes one PRNG key or an integer seed; "
                          "each example's key is folded from it with the example's identity.")
     return jax.vmap(jax.random.fold_in, (None, 0))(base, example_ids(batch))
+
+
+def dropout_keys(seed: int, n_forwards: int, ids: jax.Array) -> jax.Array:
+    """Typed keys ``[n_forwards, B]`` of the MC-dropout forwards: forward ``k`` of example
+    ``b`` draws its masks from ``fold_in(fold_in(key(seed), k), ids[b])`` (``ids``: each
+    example's identity, :func:`example_ids`), so they do not depend on its row or batch."""
+    per_forward = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed),
+                                                            jnp.arange(n_forwards))
+    return jax.vmap(lambda k: jax.vmap(jax.random.fold_in, (None, 0))(k, ids))(per_forward)
 
 
 def _gather_steps(values: jax.Array, positions: jax.Array) -> jax.Array:
@@ -228,11 +246,11 @@ def _attributed_inputs(adapter, batch, baseline, run, emb: dict, all_embeds: dic
 def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, method, method_kwargs,
                     target_fn, target_kwargs, step_fns, attribute_source, attribute_target,
                     contrast_forward=False, n_dropout=0, dropout_seed=0, layer=None,
-                    reduce_hidden=None, split_head=True):
+                    reduce_hidden=None, split_head=True, method_arrays=None):
     common = dict(method=method, method_kwargs=method_kwargs, target_fn=target_fn,
                   target_kwargs=target_kwargs, step_fns=step_fns, contrast_forward=contrast_forward,
                   n_dropout=n_dropout, dropout_seed=dropout_seed, reduce_hidden=reduce_hidden,
-                  split_head=split_head)
+                  split_head=split_head, method_arrays=method_arrays)
     if layer is not None and len(layer) > 1 and method not in _POINT_GRADIENT_METHODS:
         # Methods that move the activations (IG paths, noise) see each site on its own: the
         # rest of the network runs from the moved value, as in a single-layer call.
@@ -264,15 +282,48 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
             capture=capture, patch=patch, positions=batch.step_positions - 1,
             return_head=split)
 
-    takes_baseline = "baseline" in inspect.signature(method).parameters
+    if (method is deeplift and dict(method_kwargs).get("mode", "rescale") == "rescale"
+            and not getattr(adapter, "deeplift_rules", False)):
+        raise ValueError(RESCALE_NEEDS_NATIVE)
+    needs = needs_of(method)
     all_embeds = ({"source": src_embeds, "target": tgt_embeds} if adapter.is_encoder_decoder
                   else {"target": tgt_embeds})
     x, forward, base_x = _attributed_inputs(adapter, batch, baseline, run, emb, all_embeds,
-                                            layer=layer, takes_baseline=takes_baseline)
+                                            layer=layer, takes_baseline=needs.baseline)
     if layer is not None:
         side = _site_side(layer[0])
         attribute_source, attribute_target = side == "source", side == "target"
+    score_fn = _score_fn(forward, batch, tbatch, target_fn=target_fn,
+                         target_kwargs=target_kwargs, split=split, n_dropout=n_dropout,
+                         dropout_seed=dropout_seed)
+    kwargs = _call_kwargs(method, needs, method_kwargs, batch, x, base_x, layer=layer)
+    if needs.token_inputs:
+        kwargs.update(_token_inputs(adapter, batch, needs, x, layer,
+                                    lambda xd: forward(xd)["logits"], tbatch))
+        kwargs.update(method_arrays or {})
+    attr, (step_logits, tb, scores) = method(score_fn, x, has_aux=True, **kwargs)
 
+    step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
+                   for name, fn, kw in step_fns}
+    if needs.completeness:
+        # Completeness per (sequence, step): Σ attributions − (s(x) − s(baseline)).
+        base_scores = score_fn(base_x)[0]
+        total = sum(a.reshape(a.shape[:2] + (-1,)).sum(-1) for a in attr.values())  # [T, B]
+        step_scores["deltas"] = (total.T - (scores - base_scores)) * batch.step_mask
+    if layer is None:
+        return _assemble(attr, batch, step_scores, attribute_source, attribute_target,
+                         reduce_hidden)
+    side = "source" if attribute_source else "target"
+    parts = [_assemble({side: attr[name]}, batch, step_scores, attribute_source,
+                       attribute_target, reduce_hidden) for name in layer]
+    return parts[0] if len(parts) == 1 else _stack_sites(parts)
+
+
+def _score_fn(forward, batch: ModelBatch, tbatch: TargetBatch, *, target_fn, target_kwargs,
+              split: bool, n_dropout: int, dropout_seed: int):
+    """``score_fn(x) -> (scores[B, T], (step_logits, TargetBatch, scores))`` of the attributed
+    function over ``forward``; through the split-off head when ``split`` (one backward
+    through the head for every step), with MC-dropout forwards when ``n_dropout``."""
     def step_logits_of(xd, dropout_rng=None):
         return forward(xd, dropout_rng)["logits"]  # [B, T, V]
 
@@ -294,16 +345,23 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
         else:
             step_logits = step_logits_of(xd)
         tb = tbatch
-        if n_dropout:
-            keys = jax.random.split(jax.random.PRNGKey(dropout_seed), n_dropout)
+        if n_dropout:  # [K, B] keys: each example's masks from its own identity
+            keys = dropout_keys(dropout_seed, n_dropout, example_ids(batch))
             tb = tb.replace(dropout_logits=jax.vmap(lambda k: step_logits_of(xd, k))(keys))
         scores = target_fn(step_logits, tb, **dict(target_kwargs)) * batch.step_mask
         return scores, (step_logits, tb, scores)
 
+    return score_fn
+
+
+def _call_kwargs(method, needs, method_kwargs, batch: ModelBatch, x, base_x, *,
+                 layer) -> dict:
+    """The method's keywords: its options plus what it declares it needs (a baseline, a
+    position mask, per-example keys)."""
     kwargs = dict(method_kwargs)
-    if takes_baseline:
+    if needs.baseline:
         kwargs["baseline"] = base_x
-    if layer is None and "position_mask" in inspect.signature(method).parameters:
+    if layer is None and needs.position_mask:
         # Real tokens (1) vs padding (0) per attributed side, for methods whose result
         # depends on which positions exist (LIME's regression).
         kwargs["position_mask"] = {side: batch.source_mask if side == "source"
@@ -311,22 +369,60 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     keys = example_keys(method, kwargs, batch)
     if keys is not None:
         kwargs["key"] = keys
-    attr, (step_logits, tb, scores) = method(score_fn, x, has_aux=True, **kwargs)
+    return kwargs
 
-    step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
-                   for name, fn, kw in step_fns}
-    if "return_convergence_delta" in inspect.signature(method).parameters:
-        # Completeness per (sequence, step): Σ attributions − (s(x) − s(baseline)).
-        base_scores = score_fn(base_x)[0]
-        total = sum(a.reshape(a.shape[:2] + (-1,)).sum(-1) for a in attr.values())  # [T, B]
-        step_scores["deltas"] = (total.T - (scores - base_scores)) * batch.step_mask
-    if layer is None:
-        return _assemble(attr, batch, step_scores, attribute_source, attribute_target,
-                         reduce_hidden)
-    side = "source" if attribute_source else "target"
-    parts = [_assemble({side: attr[name]}, batch, step_scores, attribute_source,
-                       attribute_target, reduce_hidden) for name in layer]
-    return parts[0] if len(parts) == 1 else _stack_sites(parts)
+
+def _token_inputs(adapter, batch: ModelBatch, needs, x: dict, layer, logits_of: Callable,
+                  tbatch: TargetBatch) -> dict:
+    """Token-level inputs a method declares (:data:`jaxattr.methods.needs.TOKEN_INPUTS`;
+    DIG's paths and ReAGent's replacements run through the vocabulary): ``token_ids`` /
+    ``baseline_ids`` ``{side: [B, L]}``, ``vocabulary`` ``{side: [V, H]}`` (the attributed
+    embedding table, with the model's scale), ``logits_fn`` (``x -> [B, T, V]`` step
+    logits), ``target_ids`` ``[B, T]`` and ``visible`` ``{side: [B, T, L]}`` (the real
+    positions each real step sees: its prefix on a causal side). ``knn`` comes in
+    ``method_arrays``."""
+    wants = needs.token_inputs
+    if layer is not None:
+        raise ValueError("this method attributes token embeddings (its inputs run through "
+                         "the vocabulary); it has no layer variant: drop `layer`.")
+    out = {}
+    if "token_ids" in wants:
+        out["token_ids"] = {side: batch.source_ids if side == "source" else batch.target_ids
+                            for side in x}
+    if "baseline_ids" in wants:
+        base = {side: batch.baseline_source_ids if side == "source"
+                else batch.baseline_target_ids for side in x}
+        if any(b is None for b in base.values()):
+            raise ValueError("this method needs baseline tokens: baseline='unk' (default) or "
+                             "'pad', not zeros or an array (its path ends at a word of the "
+                             "vocabulary).")
+        out["baseline_ids"] = base
+    if "vocabulary" in wants:
+        out["vocabulary"] = {side: vocabulary_table(adapter, side) for side in x}
+    if "logits_fn" in wants:
+        out["logits_fn"] = logits_of
+    if "target_ids" in wants:
+        out["target_ids"] = tbatch.target_ids
+    if "visible" in wants:
+        step = batch.step_mask[:, :, None] > 0
+        vis = {}
+        for side in x:
+            if side == "source":
+                vis[side] = step & (batch.source_mask[:, None, :] > 0)
+            else:
+                L = batch.target_ids.shape[1]
+                before = jnp.arange(L)[None, None, :] < batch.step_positions[:, :, None]
+                vis[side] = step & before & (batch.target_mask[:, None, :] > 0)
+        out["visible"] = vis
+    return out
+
+
+def vocabulary_table(adapter, side: str) -> jax.Array:
+    """``[V, H]``: every token's attributed embedding on ``side`` (``"source"`` or
+    ``"target"``), i.e. the embedding table times the model's embedding scale."""
+    emb_side = "encoder" if side == "source" else "decoder"
+    n_vocab = adapter.embedding_matrix(emb_side).shape[0]
+    return adapter.embed(jnp.arange(n_vocab)[None], side=emb_side)[0]
 
 
 def _stack_sites(parts: list) -> BatchAttribution:
@@ -424,12 +520,39 @@ def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, targ
                      reduce_hidden)
 
 
+def _value_zeroing_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, target_kwargs,
+                        step_fns, attribute_source, attribute_target, contrast_forward=False,
+                        reduce_hidden=None):
+    """Value zeroing (:mod:`jaxattr.value_zeroing`) of the positions that predict each step:
+    target rows ``[T, B, L, layers]``, each column normalised over the tokens the step sees
+    (Inseq's threshold 1e-5 and sum-to-1). Decoder-only."""
+    dist = value_zeroing_scores(adapter, target_ids=batch.target_ids,
+                                target_mask=batch.target_mask)        # [B, Ltok, Lpos, n]
+    q = batch.step_positions - 1
+    cols = jnp.take_along_axis(dist, q[:, None, :, None], axis=2)    # [B, Ltok, T, n]
+    tok = jnp.arange(dist.shape[1])
+    valid = ((tok[None, :, None] <= q[:, None, :])
+             & (batch.target_mask[:, :, None] > 0))[..., None]       # [B, Ltok, T, 1]
+    cols = normalize_scores(cols, valid) * valid
+    out = adapter.forward(target_ids=batch.target_ids, target_mask=batch.target_mask,
+                          positions=q)
+    tb = _target_batch(adapter, batch, contrast_forward)
+    step_scores = {name: fn(out["logits"], tb, **dict(kw)) * batch.step_mask
+                   for name, fn, kw in step_fns}
+    attr = {"target": jnp.transpose(cols, (2, 0, 1, 3))}              # [T, B, Ltok, n]
+    return _assemble(attr, batch, step_scores, False, True, reduce_hidden)
+
+
 def _baseline(adapter, batch, baseline, x):
     """Baseline pytree matching ``x``: id-based (UNK/PAD embeddings), zeros, or arrays."""
     out = {}
     for side, emb in x.items():
         ids = batch.baseline_source_ids if side == "source" else batch.baseline_target_ids
-        if ids is not None:
+        if isinstance(baseline, BaselineSet):  # [n_baselines, B, L, H], sampled per example
+            role = "encoder" if side == "source" else "decoder"
+            out[side] = baseline.embeddings(
+                None if ids is None else adapter.embed(ids, side=role), emb.shape)
+        elif ids is not None:
             out[side] = adapter.embed(ids, side="encoder" if side == "source" else "decoder")
         elif baseline is None:
             out[side] = jnp.zeros_like(emb)
@@ -451,13 +574,21 @@ def _traced(*args, **kwargs):
     return _attribute_impl(*args, **kwargs)
 
 
-_attribute_jit = jax.jit(_traced, static_argnames=(
+# Each program has a full-optimisation and a fast-compile jit (jaxattr.compile_effort picks
+# by the model's size); ``_attribute_jit`` & co. name the full ones (benchmarks lower them).
+_attribute_jits = EffortJit(_traced, static_argnames=(
     "method", "method_kwargs", "target_fn", "target_kwargs", "step_fns", "attribute_source",
     "attribute_target", "contrast_forward", "n_dropout", "dropout_seed", "layer",
     "reduce_hidden", "split_head"))
-_attention_jit = jax.jit(_attention_impl, static_argnames=(
+_attention_jits = EffortJit(_attention_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
     "contrast_forward", "reduce_hidden", "rollout"))
+_value_zeroing_jits = EffortJit(_value_zeroing_impl, static_argnames=(
+    "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
+    "contrast_forward", "reduce_hidden"))
+_attribute_jit = _attribute_jits.full
+_attention_jit = _attention_jits.full
+_value_zeroing_jit = _value_zeroing_jits.full
 
 
 def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, *,
@@ -467,6 +598,7 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                     dropout_seed: int = 0, layer: Optional[tuple] = None,
                     reduce_hidden: Optional[str] = None, split_head: bool = True,
                     prefix_groups: Union[str, int] = "auto",
+                    method_arrays: Optional[dict] = None,
                     jit: bool = True) -> BatchAttribution:
     """Attribute one padded batch.
 
@@ -477,13 +609,16 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
         when the method takes a baseline and ``batch`` carries no baseline ids.
       method: ``method(score_fn, x, *, has_aux=True, **method_kwargs)``.
       method_kwargs, target_kwargs: hashable ``((key, value), ...)`` tuples (static).
+      method_arrays: more keyword arguments of the method that are arrays (traced, not
+        static), such as DIG's cached neighbour lists ``knn``.
       target_fn: ``(logits[B,T,V], TargetBatch, **kw) -> [B, T]``, the attributed function.
       step_fns: ``((name, fn, kwargs_tuple), ...)`` step scores from the same forward.
       attribute_source / attribute_target: which embeddings to attribute.
       contrast_forward: run the contrastive forward (``batch.contrast_*``) for
         ``TargetBatch.contrast_logits``.
       n_dropout: number of dropout forwards for ``TargetBatch.dropout_logits`` (MC dropout),
-        keys split from ``dropout_seed``; they see the attributed embeddings.
+        keys from ``dropout_seed`` folded with each example's identity (:func:`dropout_keys`:
+        batch- and padding-invariant masks); they see the attributed embeddings.
       layer: sites (from :func:`resolve_layer`: site names or raw module paths) whose
         activations are attributed instead of the token embeddings (layer methods). Several
         sites add a site axis before the hidden axis; saliency and gradient x activation get
@@ -513,17 +648,17 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                              attribute_source=attribute_source, attribute_target=attribute_target,
                              contrast_forward=contrast_forward, n_dropout=n_dropout,
                              dropout_seed=dropout_seed, layer=layer, reduce_hidden=reduce_hidden,
-                             split_head=split_head)
+                             split_head=split_head, method_arrays=method_arrays)
     check_prefix_groups(prefix_groups)
     if (method not in ATTENTION_METHODS and batch.example_ids is None
-            and "key" in inspect.signature(method).parameters):
+            and needs_of(method).key):
         # Named before prefix groups cut the target: every group keys on the whole example.
         args = (adapter, batch.replace(example_ids=example_ids(batch))) + tuple(args[2:])
         batch = args[1]
     groups = ()
     if _groupable(adapter, batch, baseline, method=method, target_fn=target_fn,
                   step_fns=step_fns, n_dropout=n_dropout, layer=layer):
-        groups = _prefix_plan(adapter, batch, prefix_groups)
+        groups = prefix_plan(adapter, batch, prefix_groups)
     if len(groups) <= 1:
         return fn(*args, **kwargs)
     parts = [fn(adapter, truncate_batch(batch, a, b, p), *args[2:], **kwargs)
@@ -531,7 +666,7 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
     return stitch_groups(parts, batch)
 
 
-def _prefix_plan(adapter: ModelAdapter, batch: ModelBatch, prefix_groups) -> tuple:
+def prefix_plan(adapter: ModelAdapter, batch: ModelBatch, prefix_groups) -> tuple:
     """The prefix groups ``((a, b, P), ...)`` for a batch the pipeline may group, sized by
     the one-pass program's FLOPs (:func:`jaxattr.prefix_groups.plan_prefix_groups`)."""
     (B, L), T = batch.target_ids.shape, batch.step_mask.shape[1]
@@ -547,21 +682,30 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
     without a position axis, and step positions known on the host (not under an outer jit)."""
     return (method not in ATTENTION_METHODS and not adapter.is_encoder_decoder and layer is None
             # a fit over all positions (LIME) changes when later positions are cut off
-            and "position_mask" not in inspect.signature(method).parameters
+            and not needs_of(method).position_mask
+            # ReAGent keys its probes on the step index, which a group would renumber
+            and "visible" not in needs_of(method).token_inputs
             and not n_dropout and not isinstance(batch.step_positions, jax.core.Tracer)
             and all(is_separable(f) for f in (target_fn, *(f for _, f, _ in step_fns)))
             and (baseline is None
-                 or (not isinstance(baseline, dict) and jnp.ndim(baseline) < 2)))
+                 or (isinstance(baseline, BaselineSet) and not baseline.per_position)
+                 or (not isinstance(baseline, (dict, BaselineSet)) and jnp.ndim(baseline) < 2)))
 
 
 def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,
-          method_kwargs=(), split_head=True, **common):
+          method_kwargs=(), split_head=True, method_arrays=None, **common):
+    if method == "value_zeroing":
+        return ((_value_zeroing_jits.pick(adapter.params) if jit else _value_zeroing_impl),
+                (adapter, batch), common)
     if method in ATTENTION_METHODS:
         common = dict(common, rollout=method == "attention_rollout")
-        return (_attention_jit if jit else _attention_impl), (adapter, batch), common
-    return ((_attribute_jit if jit else _attribute_impl), (adapter, batch, baseline),
+        return ((_attention_jits.pick(adapter.params) if jit else _attention_impl),
+                (adapter, batch), common)
+    return ((_attribute_jits.pick(adapter.params) if jit else _attribute_impl),
+            (adapter, batch, baseline),
             dict(common, method=method, method_kwargs=method_kwargs, n_dropout=n_dropout,
-                 dropout_seed=dropout_seed, layer=layer, split_head=split_head))
+                 dropout_seed=dropout_seed, layer=layer, split_head=split_head,
+                 method_arrays=method_arrays))
 
 
 def compiled_attribute(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, **kw):

@@ -12,6 +12,8 @@ import jax
 import numpy as np
 from flax import struct
 
+from . import views
+
 __all__ = ["BatchAttribution", "SequenceAttribution", "AttributionOutput", "MERGE_MATCH_FIELDS"]
 
 
@@ -50,65 +52,55 @@ class _ViewMethods:
     """Methods shared by :class:`SequenceAttribution` (one view) and
     :class:`AttributionOutput` (every sequence, and the device batches where they apply): the
     composable aggregation steps, each returning a new object of the same class (see
-    :mod:`jaxattr.aggregate`), and rendering (``render/`` is imported lazily: computation code
-    never imports it)."""
+    :mod:`jaxattr.aggregate`), and rendering. Neither is imported here: each method dispatches
+    by name through :mod:`jaxattr.views`, which ``aggregate``, ``io`` and ``render`` fill when
+    the package is imported (results never import the layers above them)."""
 
     def reduce_hidden(self, how: Any = "vnorm"):
         """Reduce the hidden axis: ``[R, T, H] -> [R, T]`` (:func:`jaxattr.aggregate.reduce_hidden`)."""
-        from . import aggregate as _agg
-        return _agg.reduce_hidden(self, how)
+        return views.dispatch("reduce_hidden", self, how)
 
     def normalize(self):
         """Each column's absolute values sum to 1 (:func:`jaxattr.aggregate.normalize`)."""
-        from . import aggregate as _agg
-        return _agg.normalize(self)
+        return views.dispatch("normalize", self)
 
     def rescale(self):
         """Each column's largest magnitude becomes 1 (:func:`jaxattr.aggregate.rescale`)."""
-        from . import aggregate as _agg
-        return _agg.rescale(self)
+        return views.dispatch("rescale", self)
 
     def merge_words(self, **kwargs):
         """Merge subwords into words (:func:`jaxattr.aggregate.merge_words`)."""
-        from . import aggregate as _agg
-        return _agg.merge_words(self, **kwargs)
+        return views.dispatch("merge_words", self, **kwargs)
 
     def merge_spans(self, **kwargs):
         """Merge contiguous token spans (:func:`jaxattr.aggregate.merge_spans`)."""
-        from . import aggregate as _agg
-        return _agg.merge_spans(self, **kwargs)
+        return views.dispatch("merge_spans", self, **kwargs)
 
     def slice_tokens(self, **kwargs):
         """Keep a range of positions (:func:`jaxattr.aggregate.slice_tokens`)."""
-        from . import aggregate as _agg
-        return _agg.slice_tokens(self, **kwargs)
+        return views.dispatch("slice_tokens", self, **kwargs)
 
     def difference(self, other):
         """``self - other`` for a minimal pair, sequence by sequence
         (:func:`jaxattr.aggregate.difference`)."""
-        from . import aggregate as _agg
-        return _agg.difference(self, other)
+        return views.dispatch("difference", self, other)
 
     __sub__ = difference
 
     def to_text(self, **kwargs) -> str:
         """Heatmap table(s) as text (:func:`jaxattr.render.text.to_text`)."""
-        from .render.text import to_text
-        return to_text(self, **kwargs)
+        return views.dispatch("to_text", self, **kwargs)
 
     def to_html(self, **kwargs) -> str:
         """Self-contained HTML heatmap / report (:func:`jaxattr.render.html.to_html`)."""
-        from .render.html import to_html
-        return to_html(self, **kwargs)
+        return views.dispatch("to_html", self, **kwargs)
 
     def _repr_html_(self) -> str:
-        from .render.html import to_html
-        return to_html(self, full_page=False)
+        return views.dispatch("to_html", self, full_page=False)
 
     def show(self, **kwargs) -> None:
         """Display in a notebook (HTML) or print to the terminal (text)."""
-        from .render import show
-        show(self, **kwargs)
+        views.dispatch("show", self, **kwargs)
 
 
 @dataclasses.dataclass
@@ -162,8 +154,7 @@ class SequenceAttribution(_ViewMethods):
 
     def aggregate(self, aggregator: Any = None, **kwargs) -> "SequenceAttribution":
         """Reduce the hidden axis and normalise columns (see :mod:`jaxattr.aggregate`)."""
-        from . import aggregate as _agg
-        return _agg.aggregate_sequence(self, aggregator, **kwargs)
+        return views.dispatch("aggregate_sequence", self, aggregator, **kwargs)
 
 
     # -- export ------------------------------------------------------------------------------
@@ -190,20 +181,17 @@ class SequenceAttribution(_ViewMethods):
         generated tokens; target rows not yet generated at a step are left out. 3-D
         attributions are aggregated first (default reduction) unless ``aggregate=False``.
         """
-        from .io import scores_dict
-        return scores_dict(self, aggregate=aggregate)
+        return views.dispatch("scores_dict", self, aggregate=aggregate)
 
     def to_dataframe(self, *, aggregate: bool = True):
         """Tidy ``pandas.DataFrame`` (needs pandas): one row per existing cell and step score
         (see :func:`jaxattr.io.to_dataframe`)."""
-        from .io import to_dataframe
-        return to_dataframe(self, aggregate=aggregate)
+        return views.dispatch("to_dataframe", self, aggregate=aggregate)
 
     # -- rendering (to_text, to_html, show: see _ViewMethods) -------------------------------
     def to_figure(self, **kwargs):
         """Matplotlib heatmap figure (needs matplotlib; :func:`jaxattr.render.figure.to_figure`)."""
-        from .render.figure import to_figure
-        return to_figure(self, **kwargs)
+        return views.dispatch("to_figure", self, **kwargs)
 
 
 @dataclasses.dataclass
@@ -283,13 +271,11 @@ class AttributionOutput(_ViewMethods):
     def to_dataframe(self, *, aggregate: bool = True):
         """Tidy ``pandas.DataFrame`` of every sequence (needs pandas; a ``sequence`` column
         tells them apart; see :func:`jaxattr.io.to_dataframe`)."""
-        from .io import to_dataframe
-        return to_dataframe(self, aggregate=aggregate)
+        return views.dispatch("to_dataframe", self, aggregate=aggregate)
 
     def save(self, path, **kwargs) -> None:
         """Write a readable JSON file (:func:`jaxattr.io.save`; ``.gz`` paths are gzipped)."""
-        from .io import save
-        save(self, path, **kwargs)
+        views.dispatch("save", self, path, **kwargs)
 
 
 #: ``info`` fields that must agree for :meth:`AttributionOutput.merge`.

@@ -91,3 +91,15 @@ def test_input_field_missing_from_the_file_is_a_run_error(tmp_path):
         list(read_rows(str(csv_path), input_field="text"))
     with pytest.raises(ValueError, match="no row has the field 'text'"):
         list(read_rows(_jsonl(tmp_path / "in.jsonl", ROWS), input_field="text"))
+
+
+def test_cli_input_field_missing_exits_non_zero_and_writes_nothing(gpt2, tmp_path, capsys,
+                                                                    monkeypatch):
+    """Item 12 end to end: the run's error (exit code 2), not one error line per row."""
+    monkeypatch.setattr(jaxattr, "load_model", lambda *a, **k: gpt2)
+    csv_path, out = tmp_path / "in.csv", tmp_path / "out.jsonl"
+    csv_path.write_text("src,tgt\nThe cat,The cat sat\nKim,Kim has a\n")
+    rc = cli.main(["attribute-dataset", "--input-file", str(csv_path), "--input-field", "text",
+                   "--output", str(out), "--no-progress"])
+    assert rc != 0 and "no column(s) ['text']" in capsys.readouterr().err
+    assert not out.exists()

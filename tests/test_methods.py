@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import jaxattr
-from jaxattr.methods import (METHODS, get_method, gradient_shap, input_x_gradient,
+from jaxattr.methods import (METHODS, get_method, needs_of, gradient_shap, input_x_gradient,
                              integrated_gradients, occlusion, quadrature, saliency,
                              sequential_integrated_gradients, smoothgrad, smoothgrad_sq, vargrad)
 
@@ -83,7 +83,7 @@ def rkey(seed):
 def jitted(method, f, /, **static):
     """``method`` jitted over ``(x, baseline, key)``: one XLA compile instead of op-by-op eager
     dispatch (eager is checked against jit in ``test_jit_equals_eager``); keys do not retrace."""
-    takes_baseline = "baseline" in inspect.signature(method).parameters
+    takes_baseline = needs_of(method).baseline
 
     @jax.jit
     def run(x, base=None, key=None):
@@ -451,13 +451,14 @@ def test_noise_tunnel_keys_overrides_and_signature():
     # The same wrapping is the same function (no recompiles in a jitted pipeline).
     assert smoothgrad(saliency, n_samples=4, stdevs=0.3) is sg
     assert smoothgrad(saliency, n_samples=5, stdevs=0.3) is not sg
-    # The wrapper advertises the base method's parameters (a pipeline routes by them).
-    params = inspect.signature(smoothgrad(integrated_gradients)).parameters
-    assert {"baseline", "n_steps", "internal_batch_size", "has_aux", "n_samples", "stdevs",
-            "key", "nt_samples_batch_size"} <= set(params)
-    assert "baseline" not in inspect.signature(sg).parameters
-    assert params["n_samples"].default == 10 and params["stdevs"].default == 0.1
-    assert inspect.signature(sg).parameters["n_samples"].default == 4
+    # The wrapper declares the base method's needs and options plus the noise settings (a
+    # pipeline routes by them); no forged signature.
+    needs = needs_of(smoothgrad(integrated_gradients))
+    assert needs.baseline and needs.key and not needs.completeness
+    assert {"n_steps", "internal_batch_size", "n_samples", "stdevs", "key",
+            "nt_samples_batch_size"} <= needs.options
+    assert not needs_of(sg).baseline and needs_of(sg).key_default == 0
+    assert not hasattr(sg, "__signature__")
     with pytest.raises(ValueError, match="already takes"):
         smoothgrad(gradient_shap)
     with pytest.raises(ValueError, match="noise tunnel type"):
@@ -484,7 +485,7 @@ ALL = dict(DETERMINISTIC, **{
 
 
 def _call(method, f, x, base, **kw):
-    if "baseline" in inspect.signature(method).parameters:
+    if needs_of(method).baseline:
         kw["baseline"] = base
     return method(f, x, **kw)
 

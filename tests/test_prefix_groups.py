@@ -100,8 +100,7 @@ def test_groups_equal_one_pass_contrastive(gpt2):
 
 
 def _batch(model, prompts, full):
-    plan = model._plan_from_kwargs(prompts, full, method="saliency")
-    return model._batch(plan, plan.chunks[0])
+    return model.prepare(prompts, full, method="saliency").batch(0)
 
 
 def test_traced_batch_falls_back_to_one_pass(gpt2):

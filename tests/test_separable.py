@@ -119,9 +119,10 @@ def test_split_head_cuts_flops_and_memory(gpt2):
     from jaxattr.pipeline import compiled_attribute
     costs = {}
     for split in (True, False):
-        plan = gpt2._plan_from_kwargs(PROMPTS, FULL, method="saliency", split_head=split)
-        batch = gpt2._batch(plan, plan.chunks[0])
-        compiled = compiled_attribute(gpt2.adapter, batch, plan.baseline_arrays, **plan.call)
+        prep = gpt2.prepare(PROMPTS, FULL, method="saliency", split_head=split)
+        batch = prep.batch(0)
+        compiled = compiled_attribute(gpt2.adapter, batch, prep.baseline,
+                                      **prep.spec.pipeline_kwargs())
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, (list, tuple)) else cost
         costs[split] = (cost["flops"], compiled.memory_analysis().temp_size_in_bytes)
@@ -146,8 +147,7 @@ def test_custom_target_marked_separable_gives_the_same_attributions(gpt2):
 def test_gradient_of_a_pipeline_attribution_wrt_parameters(marian):
     """Second order through the split head, including final_logits_bias (added after the head)."""
     model = marian
-    mb = model._batch(model._plan_from_kwargs(SOURCES[:1], TGT[:1],
-                                              method="input_x_gradient"), [0])
+    mb = model.prepare(SOURCES[:1], TGT[:1], method="input_x_gradient").batch(0)
 
     def loss(params, split):
         res = pipeline.attribute_batch(

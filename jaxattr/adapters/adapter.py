@@ -7,7 +7,6 @@ never retrace a jitted function that takes the adapter as an argument.
 from __future__ import annotations
 
 import contextlib
-import math
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax.linen as nn
@@ -16,17 +15,12 @@ import jax.numpy as jnp
 from flax import struct
 
 from ..internals.sites import SiteError, is_raw_path, parse_site, resolve_sites, site_names
-from .architectures import Architecture, StackPaths, architecture_for
-from .embeddings import embedding_paths_for
-from .flax_guard import check_flax_config, max_exact_length
+from .architectures import Architecture, StackPaths
+from .dropout import is_key_batch, keyed_dropout
 from .hooks import (HEAD_KEY, SiteState, embedding_interceptor, head_fn, head_interceptor,
                     site_interceptor)
 
-__all__ = ["ModelAdapter", "UnknownEmbeddingPathError", "make_adapter", "seen_embedding_paths"]
-
-
-class UnknownEmbeddingPathError(ValueError):
-    """The model class has no entry in the embedding-path table."""
+__all__ = ["ModelAdapter"]
 
 
 def _get_path(tree, path):
@@ -51,6 +45,10 @@ class ModelAdapter(struct.PyTreeNode):
         sequences are encoded.
       arch: the site table of the class (:mod:`jaxattr.adapters.architectures`; static),
         ``None`` for a class jaxattr has no table for.
+      head_path: module path of the language-model head ``nn.Dense`` (the table's
+        ``Architecture.head``; ``"lm_head"``, the Hugging Face name, for a class without a
+        table unless ``make_adapter(head_path=...)`` says otherwise). Tied heads are applied
+        unbound and recognised by this module name.
     """
     params: Any
     hf_model: Any = struct.field(pytree_node=False)
@@ -60,6 +58,7 @@ class ModelAdapter(struct.PyTreeNode):
     embed_scale: float = struct.field(pytree_node=False, default=1.0)
     max_length: Optional[int] = struct.field(pytree_node=False, default=None)
     arch: Optional[Architecture] = struct.field(pytree_node=False, default=None)
+    head_path: str = struct.field(pytree_node=False, default="lm_head")
 
     # ------------------------------------------------------------------ embeddings
     def embedding_matrix(self, side: str = "decoder") -> jax.Array:
@@ -75,11 +74,7 @@ class ModelAdapter(struct.PyTreeNode):
         out = jnp.take(table, ids.astype(jnp.int32), axis=0).astype(dtype)
         return out * self.embed_scale if self.embed_scale != 1.0 else out
 
-    # ------------------------------------------------------------------ forward
-    def logits(self, **kwargs) -> jax.Array:
-        """Teacher-forced logits ``[B, L, V]``; see :meth:`forward` for the arguments."""
-        return self.forward(**kwargs)["logits"]
-
+    # ------------------------------------------------------------------ sites
     def sites(self) -> tuple:
         """Every site name this model offers, in canonical order
         (:mod:`jaxattr.internals.sites`; ``model.sites()``)."""
@@ -117,7 +112,11 @@ class ModelAdapter(struct.PyTreeNode):
                           "attn_out": (sp.attn, "out"), "mlp_out": (sp.mlp, "out"),
                           "cross_attn_out": (sp.cross, "out"),
                           "head_out": (sp.out_proj, "in"),
+                          "value": (sp.value, "out"),
                           "final_norm": (sp.final_norm, "out")}[site.kind]
+            if site.kind == "value" and sp.value_layout != "plain":
+                # the values are a part of a fused projection's output
+                mode = f"out:{sp.value_layout}:{int(getattr(self.hf_model.config, sp.n_heads))}"
             if site.kind == "head_out":
                 heads[name] = int(getattr(self.hf_model.config, sp.n_heads))
             plan.setdefault(path.format(l=site.layer), []).append((name, mode))
@@ -171,7 +170,10 @@ class ModelAdapter(struct.PyTreeNode):
         decoder: ``source_*`` feeds the encoder, ``target_*`` (starting with the decoder start
         token) the decoder. Given ``*_embeds`` replace the embedding lookup of that side
         (intercepted inside the traced function), which is what attribution differentiates.
-        ``dropout_rng`` turns dropout on (train mode), e.g. for MC-dropout targets.
+        ``dropout_rng`` turns dropout on (train mode), e.g. for MC-dropout targets: one key
+        (the model's own dropout, masks drawn over the whole batch) or typed keys ``[B]``, one
+        per example (:mod:`jaxattr.adapters.dropout`: each example's masks from its own key
+        and positions, so they do not depend on its row, its batch or the padding).
 
         Sites (:mod:`jaxattr.internals.protocol`): ``capture`` names or globs (or raw module
         paths, whose output — its first element for a tuple — is taken) are returned in
@@ -182,6 +184,8 @@ class ModelAdapter(struct.PyTreeNode):
         ``positions[B, T]`` asks for the logits at those positions only: the hidden states are
         gathered *before* the language-model head (the table's head path), so neither the
         head's matmul nor its backward pass runs over positions that are not scored.
+        The forward is composed of three interceptors (:mod:`jaxattr.adapters.hooks`):
+        embedding replacement, sites, and the LM-head gather.
         ``return_head`` (with ``positions``) also returns the head split off the network:
         ``"hidden"`` ``[B, T, H]``, the head's input at the scored positions, ``"head"``, a
         pure function ``(hidden, head_params) -> logits [B, T, V]`` (the head ``nn.Dense``
@@ -201,40 +205,19 @@ class ModelAdapter(struct.PyTreeNode):
         shapes = ({"encoder": source_ids.shape, "decoder": target_ids.shape}
                   if self.is_encoder_decoder else {None: target_ids.shape})
         state = SiteState(plan, shapes, heads, capture, patches, deltas)
-        vocab = getattr(self.hf_model.config, "vocab_size", None)
-        head_path = self.arch.head if self.arch is not None else None
-        embed_names = {role: (f"{role}.embed" if self.is_encoder_decoder else "embed")
-                       for role in ("encoder", "decoder")}
-        embed_roles = frozenset(r for r, n in embed_names.items() if n in wanted)
-        roles: dict[tuple, list] = {}
-        if self.is_encoder_decoder:
-            roles.setdefault(tuple(self.encoder_path), []).append("encoder")
-        roles.setdefault(tuple(self.decoder_path), []).append("decoder")
-        embed_icpt, calls = embedding_interceptor(
-            roles, {"encoder": source_embeds, "decoder": target_embeds}, self.embed_scale,
-            lambda role, emb: (state.apply(embed_names[role], emb)
-                               if embed_names[role] in wanted else emb), embed_roles)
+        embed_icpt, roles, calls = self._embedding_piece(state, wanted, source_embeds,
+                                                         target_embeds)
         patterns = tuple(n for n in capture
                          if not is_raw_path(n) and parse_site(n).kind == "attn_pattern")
-        kwargs = dict(params=self.params)
-        if dropout_rng is not None:
-            kwargs.update(dropout_rng=dropout_rng, train=True)
-        if output_attentions or patterns:
-            kwargs["output_attentions"] = True
+        pieces = [embed_icpt, site_interceptor(state, self.head_path)]
         parts = None
-        with contextlib.ExitStack() as stack:
-            stack.enter_context(nn.intercept_methods(embed_icpt))
-            stack.enter_context(nn.intercept_methods(site_interceptor(state, head_path, vocab)))
-            if positions is not None:
-                icpt, parts = head_interceptor(positions, return_head, head_path, vocab,
-                                               target_ids.shape[1])
-                stack.enter_context(nn.intercept_methods(icpt))
-            if self.is_encoder_decoder:
-                out = self.hf_model(
-                    input_ids=source_ids, attention_mask=source_mask,
-                    decoder_input_ids=target_ids, decoder_attention_mask=target_mask, **kwargs)
-            else:
-                out = self.hf_model(input_ids=target_ids, attention_mask=target_mask, **kwargs)
+        if positions is not None:
+            head_icpt, parts = head_interceptor(positions, return_head, self.head_path,
+                                                target_ids.shape[1])
+            pieces.append(head_icpt)
+        out = self._call_model(pieces, target_ids, target_mask, source_ids, source_mask,
+                               dropout_rng=dropout_rng,
+                               output_attentions=output_attentions or bool(patterns))
         self._check_calls(roles, calls, state, wanted)
         captured = dict(state.captured)
         for name in patterns:
@@ -242,6 +225,45 @@ class ModelAdapter(struct.PyTreeNode):
             captured[name] = getattr(out, self._stack(site.stack).attentions)[site.layer]
         captured = {name: captured[name] for name in capture}
         return self._result(out, positions, parts, return_head, output_attentions, captured)
+
+    def _embedding_piece(self, state: SiteState, wanted: tuple, source_embeds,
+                         target_embeds) -> tuple:
+        """``(interceptor, roles, calls)``: the embedding replacement, feeding the ``embed``
+        sites through ``state`` (:func:`~jaxattr.adapters.hooks.embedding_interceptor`)."""
+        embed_names = {role: (f"{role}.embed" if self.is_encoder_decoder else "embed")
+                       for role in ("encoder", "decoder")}
+        embed_roles = frozenset(r for r, n in embed_names.items() if n in wanted)
+        roles: dict[tuple, list] = {}
+        if self.is_encoder_decoder:
+            roles.setdefault(tuple(self.encoder_path), []).append("encoder")
+        roles.setdefault(tuple(self.decoder_path), []).append("decoder")
+        icpt, calls = embedding_interceptor(
+            roles, {"encoder": source_embeds, "decoder": target_embeds}, self.embed_scale,
+            lambda role, emb: (state.apply(embed_names[role], emb)
+                               if embed_names[role] in wanted else emb), embed_roles)
+        return icpt, roles, calls
+
+    def _call_model(self, interceptors, target_ids, target_mask, source_ids, source_mask, *,
+                    dropout_rng, output_attentions: bool):
+        """One call of the Hugging Face model inside the given interceptors (outermost
+        first)."""
+        kwargs = dict(params=self.params)
+        per_example = is_key_batch(dropout_rng)
+        if dropout_rng is not None:  # per example: the model's own draws are never used
+            kwargs.update(dropout_rng=jax.random.PRNGKey(0) if per_example else dropout_rng,
+                          train=True)
+        if output_attentions:
+            kwargs["output_attentions"] = True
+        with contextlib.ExitStack() as stack:
+            for icpt in interceptors:
+                stack.enter_context(nn.intercept_methods(icpt))
+            if per_example:  # innermost: the site hooks see the dropped-out values
+                stack.enter_context(keyed_dropout(dropout_rng))
+            if self.is_encoder_decoder:
+                return self.hf_model(
+                    input_ids=source_ids, attention_mask=source_mask,
+                    decoder_input_ids=target_ids, decoder_attention_mask=target_mask, **kwargs)
+            return self.hf_model(input_ids=target_ids, attention_mask=target_mask, **kwargs)
 
     def _check_calls(self, roles, calls, state, wanted) -> None:
         for path, role_list in roles.items():
@@ -293,68 +315,3 @@ def _n_layers(cfg, sp: StackPaths) -> int:
     return int(n)
 
 
-def seen_embedding_paths(hf_model, *, is_encoder_decoder: bool) -> list:
-    """Run a tiny forward and list the module paths of every ``nn.Embed`` called with token
-    ids, in call order (used to say what to pass when a class is unknown)."""
-    seen: list = []
-
-    def interceptor(next_fun, args, kwargs, context):
-        if context.method_name == "__call__" and isinstance(context.module, nn.Embed):
-            path = "/".join(context.module.path)
-            if path not in seen:
-                seen.append(path)
-        return next_fun(*args, **kwargs)
-
-    ids = jnp.zeros((1, 2), jnp.int32)
-    with nn.intercept_methods(interceptor):
-        if is_encoder_decoder:
-            hf_model(input_ids=ids, decoder_input_ids=ids)
-        else:
-            hf_model(input_ids=ids)
-    return seen
-
-
-def _parse_path(p):
-    return tuple(p.split("/")) if isinstance(p, str) else tuple(p)
-
-
-def make_adapter(hf_model, *, embedding_paths: Optional[dict] = None, params=None) -> ModelAdapter:
-    """Build the adapter of a Hugging Face Flax model.
-
-    Args:
-      hf_model: a ``transformers`` Flax model instance.
-      embedding_paths: override the table: ``{"decoder": "transformer/wte"}`` (plus
-        ``"encoder"`` for encoder-decoder models); a module path as ``/``-string or tuple.
-      params: parameters to use instead of ``hf_model.params``.
-    """
-    check_flax_config(hf_model.config)
-    is_ed = bool(getattr(hf_model.config, "is_encoder_decoder", False))
-    name = type(hf_model).__name__
-    table = embedding_paths or embedding_paths_for(name)
-    if table is None:
-        seen = seen_embedding_paths(hf_model, is_encoder_decoder=is_ed)
-        example = ('{"encoder": "...", "decoder": "..."}' if is_ed else '{"decoder": "..."}')
-        raise UnknownEmbeddingPathError(
-            f"jaxattr does not know where {name} looks up token embeddings. nn.Embed modules "
-            f"called in a forward pass: {seen}. Pass the token-embedding path(s) as "
-            f"load_model(..., embedding_paths={example}), e.g. embedding_paths="
-            f"{{'decoder': '{seen[0] if seen else 'module/path'}'}}.")
-    table = {k: _parse_path(v) for k, v in table.items()}
-    if "decoder" not in table or (is_ed and "encoder" not in table):
-        raise ValueError(f"embedding_paths needs a 'decoder' entry{' and an encoder entry' if is_ed else ''}; "
-                         f"got {sorted(table)}.")
-    p = hf_model.params if params is None else params
-    for side, path in table.items():
-        try:
-            _get_path(p, path)["embedding"]
-        except (KeyError, TypeError):
-            raise UnknownEmbeddingPathError(
-                f"No embedding table at params path {'/'.join(path)} ({side}) of {name}. "
-                f"Check `embedding_paths`; module paths with an nn.Embed: "
-                f"{seen_embedding_paths(hf_model, is_encoder_decoder=is_ed)}.") from None
-    cfg = hf_model.config
-    scale = math.sqrt(cfg.d_model) if getattr(cfg, "scale_embedding", False) else 1.0
-    return ModelAdapter(params=p, hf_model=hf_model, decoder_path=table["decoder"],
-                        encoder_path=table.get("encoder"), is_encoder_decoder=is_ed,
-                        embed_scale=scale, max_length=max_exact_length(cfg),
-                        arch=architecture_for(name))

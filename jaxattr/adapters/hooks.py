@@ -13,7 +13,7 @@ Three pieces, each one job, nested around one call of the Hugging Face model:
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import flax.linen as nn
 import jax
@@ -27,16 +27,14 @@ __all__ = ["SiteState", "embedding_interceptor", "site_interceptor", "head_inter
 HEAD_KEY = "<lm_head>"
 
 
-def is_head(context, head_path: Optional[str], vocab: Optional[int]) -> bool:
-    """Whether an intercepted call is the language-model head: the table's path (tied heads
-    are applied unbound, so seen with an empty path and the head's module name) or, for a
-    class without a table, the ``nn.Dense`` with ``vocab_size`` features."""
+def is_head(context, head_path: str) -> bool:
+    """Whether an intercepted call is the language-model head: the ``nn.Dense`` at
+    ``head_path`` (the architecture table's ``head``), or a tied head, which is applied
+    unbound and so seen with an empty path and the head's module name."""
     if context.method_name != "__call__" or not isinstance(context.module, nn.Dense):
         return False
     path = "/".join(context.module.path)
-    if head_path is not None:
-        return path == head_path or (path == "" and context.module.name == head_path)
-    return context.module.features == vocab
+    return path == head_path or (path == "" and context.module.name == head_path)
 
 
 class SiteState:
@@ -58,9 +56,14 @@ class SiteState:
         self.hit: set = set()
         self.called: list = []
 
-    def apply(self, name: str, value: jax.Array) -> jax.Array:
+    def apply(self, name: str, value: jax.Array, view: str = "out") -> jax.Array:
         """Original value -> ``patch`` -> ``+ delta`` -> captured; returned in the module's
-        own layout."""
+        own layout. ``view`` ``"out:qkv:<heads>"`` / ``"out:qkv_per_head:<heads>"``: the site
+        is the value part of a fused query-key-value projection's output (GPT-2 / Bloom)."""
+        if view.count(":") == 2:
+            _, layout, heads = view.split(":")
+            return _value_view(value, layout, int(heads),
+                               lambda part: self.apply(name, part))
         self.hit.add(name)
         shape = value.shape
         if not is_raw_path(name):
@@ -80,12 +83,12 @@ class SiteState:
         return value.reshape(shape)
 
 
-def site_interceptor(state: SiteState, head_path: Optional[str], vocab: Optional[int]):
+def site_interceptor(state: SiteState, head_path: str):
     """Apply ``state`` at the modules of its plan (first call of each module only)."""
     def interceptor(next_fun, args, kwargs, context):
         if context.method_name != "__call__":
             return next_fun(*args, **kwargs)
-        key = HEAD_KEY if is_head(context, head_path, vocab) else "/".join(context.module.path)
+        key = HEAD_KEY if is_head(context, head_path) else "/".join(context.module.path)
         todo = [(n, m) for n, m in state.plan.get(key, ()) if n not in state.hit]
         if not todo:
             if key and key not in state.called:
@@ -100,11 +103,27 @@ def site_interceptor(state: SiteState, head_path: Optional[str], vocab: Optional
                                                                     kwargs["hidden_states"]))
         out = next_fun(*args, **kwargs)
         for name, mode in todo:
-            if mode == "out":
-                first = state.apply(name, out[0] if isinstance(out, tuple) else out)
+            if mode.startswith("out"):
+                first = state.apply(name, out[0] if isinstance(out, tuple) else out, mode)
                 out = (first,) + tuple(out[1:]) if isinstance(out, tuple) else first
         return out
     return interceptor
+
+
+def _value_view(fused: jax.Array, layout: str, heads: int, fn: Callable) -> jax.Array:
+    """``fused`` with its value part ``v [..., heads*d_head]`` replaced by ``fn(v)``.
+
+    ``"qkv"``: ``[q | k | v]`` along the last axis (GPT-2's ``c_attn``); ``"qkv_per_head"``:
+    ``[heads, q | k | v]`` (Bloom's ``query_key_value``)."""
+    lead = fused.shape[:-1]
+    if layout == "qkv":
+        q_k, v = jnp.split(fused, [2 * fused.shape[-1] // 3], axis=-1)
+        return jnp.concatenate([q_k, fn(v).astype(fused.dtype)], axis=-1)
+    per_head = fused.reshape(lead + (heads, -1))
+    d = per_head.shape[-1] // 3
+    v = fn(per_head[..., 2 * d:].reshape(lead + (heads * d,))).astype(fused.dtype)
+    return jnp.concatenate([per_head[..., :2 * d], v.reshape(lead + (heads, d))],
+                           axis=-1).reshape(fused.shape)
 
 
 def embedding_interceptor(roles: dict, replacements: dict, embed_scale: float,
@@ -144,8 +163,8 @@ def embedding_interceptor(roles: dict, replacements: dict, embed_scale: float,
     return interceptor, calls
 
 
-def head_interceptor(positions: jax.Array, return_head: bool, head_path: Optional[str],
-                     vocab: Optional[int], target_len: int):
+def head_interceptor(positions: jax.Array, return_head: bool, head_path: str,
+                     target_len: int):
     """Gather the hidden states at ``positions[B, T]`` before the language-model head.
 
     Returns ``(interceptor, parts)``: ``parts["calls"]`` lists the head calls seen, and with
@@ -154,7 +173,7 @@ def head_interceptor(positions: jax.Array, return_head: bool, head_path: Optiona
     parts: dict = {"calls": []}
 
     def interceptor(next_fun, args, kwargs, context):
-        if not (is_head(context, head_path, vocab) and len(args) == 1
+        if not (is_head(context, head_path) and len(args) == 1
                 and getattr(args[0], "ndim", 0) == 3 and args[0].shape[1] == target_len):
             return next_fun(*args, **kwargs)
         parts["calls"].append(tuple(context.module.path))

@@ -12,6 +12,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
+from .. import views
+
 __all__ = ["CCIOutput", "AttributeContextOutput", "load_context"]
 
 FORMAT = "jaxattr.attribute_context"
@@ -117,27 +119,21 @@ class AttributeContextOutput:
         with open(path, "w", encoding="utf-8") as f:
             f.write(self.to_json())
 
-    # -- rendering (render/ is imported lazily) -------------------------------------------
+    # -- rendering (through jaxattr.views, which render/ fills) ----------------------------
     def to_text(self, **kwargs) -> str:
         """Terminal view (see :func:`jaxattr.render.context.context_to_text`)."""
-        from ..render.context import context_to_text
-        return context_to_text(self, **kwargs)
+        return views.dispatch("context_to_text", self, **kwargs)
 
     def to_html(self, **kwargs) -> str:
         """HTML view (see :func:`jaxattr.render.context.context_to_html`)."""
-        from ..render.context import context_to_html
-        return context_to_html(self, **kwargs)
+        return views.dispatch("context_to_html", self, **kwargs)
 
     def _repr_html_(self) -> str:
         return self.to_html(full_page=False)
 
     def show(self, *, file=None, color: Optional[bool] = None) -> None:
         """Print the terminal view (colour when ``file`` is a terminal)."""
-        import sys
-        from ..render import use_color
-        stream = sys.stdout if file is None else file
-        stream.write(self.to_text(color=use_color(stream) if color is None else color))
-        stream.flush()
+        views.dispatch("context_show", self, file=file, color=color)
 
 
 def _json(value: Any):

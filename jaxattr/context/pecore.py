@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..encoding import (EncodedSequence, InputError, _check_length, pad_batch, pad_contrast)
-from ..methods import get_method
+from ..methods import get_method, needs_of
 from ..pipeline import ModelBatch, attribute_batch, split_kwargs
 from ..targets import TargetBatch, get_target, separable, target_needs
 from .args import ContextArgs
@@ -629,7 +629,7 @@ def _run_cci(model, examples: list, rows: list) -> list:
     method = get_method(a.attribution_method)
     target_fn = get_target(a.attributed_fn or "probability")
     routed = split_kwargs(dict(a.attribution_kwargs),
-                          {"method": method, "attributed_fn": target_fn})
+                          {"method": needs_of(method).options, "attributed_fn": target_fn})
     contrastive = bool(target_needs(target_fn) & {"contrast", "contrast_logits"})
     enc_dec = model.is_encoder_decoder
     attribute_target = (not enc_dec) or a.has_output_context
@@ -650,8 +650,7 @@ def _run_cci(model, examples: list, rows: list) -> list:
             forced = np.array([r.forced for r in rows], np.float32)[:, None]
             arrays["contrast_step_mask"] = arrays["contrast_step_mask"] * (1.0 + forced)
             target_fn = per_row_contrast(target_fn)
-    takes_baseline = "baseline" in inspect.signature(method).parameters
-    if takes_baseline:
+    if needs_of(method).baseline:
         arrays.update(model._baseline_ids(arrays, "unk"))
     batch = ModelBatch(**{k: jnp.asarray(v) for k, v in arrays.items()})
     res = attribute_batch(model.adapter, batch, None, method=method,

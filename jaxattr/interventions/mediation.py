@@ -16,15 +16,20 @@ A mediator is one unit of one block: an attention head (``blocks.{l}.head_out``)
 "neuron" — the internals expose the MLP's *output* (``blocks.{l}.mlp_out``, ``[B, L, H]``), not
 its intermediate activation, so MLP units are the hidden dimensions of ``mlp_out`` — or a hidden
 dimension of any other ``[B, L, H]`` site (``resid_pre`` / ``resid_post`` / ``attn_out`` /
-``cross_attn_out``). A unit is swapped at every position of its sequence at once.
-``units="layer"`` swaps all units of a block together (one effect per block). All mediators of
+``cross_attn_out``), or of ``final_norm`` (the language-model head's input, where the logits
+are linear in the units). By default a unit is swapped at every position of its sequence at
+once; ``positions=`` swaps it at one position per example only — Vig et al.'s neuron *at the
+position of the intervened word* (``positions="intervened"``) or any given one.
+``units="layer"`` swaps all units of a block together (one effect per block).
+:func:`mediate_interventions` runs several interventions of the same inputs (the profession
+word set to ``man`` and to ``woman``) against one base. All mediators of
 all blocks, for NIE and NDE, run as one compiled program: masked patches mapped over cells in
 chunks (:func:`jaxattr.interventions.engine.patched_metrics`).
 """
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -34,12 +39,13 @@ from ..encoding import InputError, _as_list, _check_nonempty, _strip_trailing_eo
 from .engine import patched_metrics
 from .results import MediationResult
 
-__all__ = ["causal_mediation", "MEDIATORS"]
+__all__ = ["causal_mediation", "mediate_interventions", "MEDIATORS"]
 
 # mediator name -> site kind (per block)
 MEDIATORS = {"mlp": "mlp_out", "heads": "head_out", "mlp_out": "mlp_out",
              "head_out": "head_out", "attn_out": "attn_out", "resid_pre": "resid_pre",
-             "resid_post": "resid_post", "cross_attn_out": "cross_attn_out"}
+             "resid_post": "resid_post", "cross_attn_out": "cross_attn_out",
+             "final_norm": "final_norm"}
 
 
 def _response(anti, stereo):
@@ -53,14 +59,14 @@ def _response(anti, stereo):
 
 
 @partial(jax.jit, static_argnames=("sites", "chunk"))
-def _mediate(backend, base_run, int_run, anti, stereo, pos, masks, *, sites, chunk):
+def _mediate(backend, base_run, int_run, anti, stereo, pos, masks, rows, *, sites, chunk):
     metric = _response(anti, stereo)
     b = backend.forward(**base_run, positions=pos[:, None], capture=sites)
     i = backend.forward(**int_run, positions=pos[:, None], capture=sites)
     nie = patched_metrics(backend, base_run, sources=i["captured"], masks=masks, metric=metric,
-                          positions=pos, chunk=chunk)
+                          positions=pos, rows=rows, chunk=chunk)
     nde = patched_metrics(backend, int_run, sources=b["captured"], masks=masks, metric=metric,
-                          positions=pos, chunk=chunk)
+                          positions=pos, rows=rows, chunk=chunk)
     return metric(b["logits"][:, 0]), metric(i["logits"][:, 0]), nie, nde
 
 
@@ -166,6 +172,11 @@ def _encode(model, base, intervened, targets):
 def _sites(model, kind, layers):
     """Site names of the mediated blocks, in the model's site order."""
     available = model.adapter.sites()
+    if kind == "final_norm":
+        if layers is not None:
+            raise InputError("mediator='final_norm' is the head's input (one site); pass "
+                             "layers=None.")
+        return ("decoder.final_norm",) if model.is_encoder_decoder else ("final_norm",)
     every = [s for s in available if s.endswith("." + kind) and ".blocks." in "." + s]
     if layers is None:
         if not every:
@@ -193,12 +204,60 @@ def _sites(model, kind, layers):
     return tuple(s for s in available if s in set(chosen))
 
 
+def _position_rows(positions, sites, base_run, int_run, is_ed) -> Optional[dict]:
+    """``{site: [N, L_site]}`` 0/1 weights of the swapped position of each example (``None``:
+    every position). ``positions``: ``None``, ``"intervened"`` (the first token where the base
+    and the intervened input differ), an int for all examples or one int per example; it
+    indexes the mediated site's own token axis (the source for ``encoder.`` sites)."""
+    if positions is None:
+        return None
+    side = "source" if is_ed else "target"
+    b_ids = np.asarray(base_run[f"{side}_ids"])
+    lengths = {"encoder": np.asarray(base_run.get("source_mask", base_run["target_mask"])).sum(1),
+               "target": np.asarray(base_run["target_mask"]).sum(1)}
+    n = len(b_ids)
+    if isinstance(positions, str):
+        if positions != "intervened":
+            raise InputError(f"positions must be None (all), 'intervened', an int or one int per "
+                             f"example, got {positions!r}.")
+        diff = b_ids != np.asarray(int_run[f"{side}_ids"])
+        if not diff.any(1).all():
+            k = int(np.argmin(diff.any(1)))
+            raise InputError(f"positions='intervened': example {k}'s intervened input equals "
+                             "its base input; there is no intervened position.")
+        pos = diff.argmax(1)
+        if is_ed and any(not s.startswith("encoder.") for s in sites):
+            raise InputError("positions='intervened' is a source position; on an encoder-decoder "
+                             "model it applies to encoder sites only (layers='encoder.blocks.<l>'"
+                             "), or give decoder positions as ints.")
+    elif isinstance(positions, (int, np.integer)) and not isinstance(positions, bool):
+        pos = np.full((n,), int(positions))
+    else:
+        pos = list(positions)
+        if len(pos) != n or not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool)
+                                    for p in pos):
+            raise InputError(f"positions needs one int per example ({n}), got {positions!r}.")
+        pos = np.asarray(pos)
+    rows = {}
+    for site in sites:
+        axis = "encoder" if site.startswith("encoder.") else "target"
+        width = int((base_run["source_ids"] if axis == "encoder" else base_run["target_ids"])
+                    .shape[1])
+        bad = (pos < 0) | (pos >= lengths[axis])
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise InputError(f"positions: {int(pos[k])} is outside example {k}'s "
+                             f"{int(lengths[axis][k])} tokens on the axis of {site!r}.")
+        rows[site] = jnp.asarray(np.arange(width)[None] == pos[:, None], jnp.float32)
+    return rows
+
+
 def causal_mediation(model, base_sources: Union[str, Sequence[str]],
                      intervened_sources: Union[str, Sequence[str]],
                      targets: Union[str, Sequence[str], None], *,
                      stereotypical, anti_stereotypical, mediator: str = "mlp",
                      layers: Optional[Sequence[Union[str, int]]] = None, units: str = "each",
-                     chunk: int = 64) -> MediationResult:
+                     positions=None, chunk: int = 64) -> MediationResult:
     """Total, natural direct and natural indirect effects of an input intervention through every
     unit of the chosen blocks (Vig et al., 2020).
 
@@ -216,11 +275,16 @@ def causal_mediation(model, base_sources: Union[str, Sequence[str]],
         for all).
       mediator: ``"mlp"`` (hidden dimensions of ``blocks.{l}.mlp_out``: the internals have no
         site for the MLP's intermediate activation), ``"heads"`` (``blocks.{l}.head_out``) or a
-        site kind (``"resid_post"``, ``"resid_pre"``, ``"attn_out"``, ``"cross_attn_out"``).
+        site kind (``"resid_post"``, ``"resid_pre"``, ``"attn_out"``, ``"cross_attn_out"``,
+        ``"final_norm"``: the head's input, one row).
       layers: ``None`` (every block of every stack) or block names (``"decoder.blocks.1"``;
         ints on decoder-only models).
       units: ``"each"`` (one effect per unit) or ``"layer"`` (all units of a block swapped
         together: one effect per block).
+      positions: where a unit is swapped: ``None`` (every position at once), ``"intervened"``
+        (per example, the first token where the base and intervened inputs differ — Vig et
+        al.'s neuron at the intervened word; decoder-only, or encoder sites), an int for all
+        examples, or one int per example (on the mediated site's own token axis).
       chunk: cells per vectorised call (memory ∝ chunk × examples forwards).
 
     Returns:
@@ -263,8 +327,9 @@ def causal_mediation(model, base_sources: Union[str, Sequence[str]],
         else:
             m[k * n_units + np.arange(n_units), :, np.arange(n_units)] = 1.0
         masks[s] = jnp.asarray(m)
+    rows = _position_rows(positions, sites, base_run, int_run, model.is_encoder_decoder)
     ly_base, ly_int, nie, nde = _mediate(backend, base_run, int_run, jnp.asarray(anti),
-                                         jnp.asarray(stereo), pos, masks, sites=sites,
+                                         jnp.asarray(stereo), pos, masks, rows, sites=sites,
                                          chunk=int(chunk))
     ly_base = np.asarray(ly_base, np.float64)
     ly_int = np.asarray(ly_int, np.float64)
@@ -277,8 +342,37 @@ def causal_mediation(model, base_sources: Union[str, Sequence[str]],
         mediator=mediator,
         info={"model": getattr(model, "name", None), "units": units, "kind": kind,
               "response": "p(anti_stereotypical) / p(stereotypical)",
-              "positions": "all positions of each unit together",
+              "positions": ("all positions of each unit together" if rows is None else
+                            [int(np.argmax(np.asarray(r))) for r in next(iter(rows.values()))]),
               "scored_position": [int(p) for p in np.asarray(pos)],
               "tokens": [list(t) for t in tokens]},
         layers=tuple(sites),
         response=np.exp(np.stack([ly_base, ly_int], 1)).astype(np.float32))
+
+
+def mediate_interventions(model, base_sources: Union[str, Sequence[str]],
+                          interventions: Mapping[str, Union[str, Sequence[str]]],
+                          targets: Union[str, Sequence[str], None], **kwargs) -> dict:
+    """Several interventions of the same base inputs, each mediated as by
+    :func:`causal_mediation` (Vig et al. set the profession word to ``"man"`` and to
+    ``"woman"``: ``interventions={"man": [...], "woman": [...]}``).
+
+    All interventions share the base inputs, the response, the mediators and the compiled
+    program (same shapes: one compilation). Keyword arguments are those of
+    :func:`causal_mediation`.
+
+    Returns:
+      ``{name: MediationResult}`` in the order of ``interventions``; every result's
+      ``response[:, 0]`` is the same base response.
+    """
+    if not isinstance(interventions, Mapping) or not interventions:
+        raise InputError("interventions must be a non-empty dict {name: intervened inputs}, "
+                         "e.g. {'man': [...], 'woman': [...]}.")
+    out = {}
+    for name, texts in interventions.items():
+        if not isinstance(name, str):
+            raise InputError(f"intervention names are strings, got {name!r}.")
+        res = causal_mediation(model, base_sources, texts, targets, **kwargs)
+        res.info["intervention"] = name
+        out[name] = res
+    return out

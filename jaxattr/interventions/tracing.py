@@ -5,7 +5,11 @@ Corrupt the subject: add Gaussian noise to the attributed embeddings of the subj
 position ``t`` (``kind=None``), or the MLP / attention outputs of a window of layers around
 ``l`` at ``t`` — and measure how much of the clean probability of the answer comes back. The
 ``[L_tokens, n_layers]`` grid is one compiled program: every cell is the same noisy forward
-with a different restore mask, vmapped in chunks over cells and samples.
+with a different restore mask, vmapped in chunks over cells and samples. A cell does not
+recompute the layers below the one it restores: the noisy run is computed once, its states
+cached, and the cells that first restore layer ``l`` restart from layer ``l``'s cached state
+(:func:`jaxattr.interventions.engine.restarted_metrics`), so on average a cell runs about half
+of the blocks.
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import numpy as np
 
 from ..encoding import InputError
 from .categories import CATEGORIES, category_average
-from .engine import patched_metrics
+from .engine import restart_groups, restarted_metrics
 from .results import TraceAverage, TraceResult
 from .runs import answer_ids, encode_prompts, require_decoder_only
 
@@ -76,8 +80,16 @@ def trace_masks(n_layers: int, length: int, kind: Optional[str], window: int) ->
     return m
 
 
-@partial(jax.jit, static_argnames=("sites", "chunk"))
-def _trace(backend, ids, mask, noise, answer, masks, *, sites, chunk):
+def _start_site(kind):
+    """Where a group of cells whose first restored layer is ``l`` restarts: the block output
+    itself for ``kind=None`` (blocks ``l+1..`` run), else the block's input (``l..`` run)."""
+    def start(layer, used):
+        return f"blocks.{layer}.resid_post" if kind is None else f"blocks.{layer}.resid_pre"
+    return start
+
+
+@partial(jax.jit, static_argnames=("sites", "groups", "chunk"))
+def _trace(backend, ids, mask, noise, answer, group_masks, order, *, sites, groups, chunk):
     last = jnp.sum(mask, axis=1) - 1                      # [1]
     clean = backend.forward(target_ids=ids, target_mask=mask, positions=last[:, None],
                             capture=sites)
@@ -87,9 +99,13 @@ def _trace(backend, ids, mask, noise, answer, masks, *, sites, chunk):
     run = {"target_ids": jnp.repeat(ids, s, 0), "target_mask": jnp.repeat(mask, s, 0)}
     lasts = jnp.repeat(last, s, 0)
     base = {"embed": lambda e: e + noise.astype(e.dtype)}
-    low = p(backend.forward(**run, positions=lasts[:, None], patch=base)["logits"][:, 0]).mean()
-    cells = patched_metrics(backend, run, sources=clean["captured"], masks=masks, metric=p,
-                            positions=lasts, base_patch=base, chunk=chunk)
+    starts = tuple(dict.fromkeys(g[0] for g in groups))
+    noised = backend.forward(**run, positions=lasts[:, None], patch=base, capture=starts)
+    low = p(noised["logits"][:, 0]).mean()
+    cells = restarted_metrics(backend, run, groups=groups, group_masks=group_masks,
+                              order=order, sources=clean["captured"],
+                              starts=noised["captured"], metric=p, positions=lasts,
+                              chunk=chunk)
     return cells.mean(-1), low, high
 
 
@@ -148,14 +164,18 @@ def causal_trace(model, prompt: str, subject, *, answer=None, noise: Union[float
     n_layers = _n_layers(backend)
     sites = tuple(f"blocks.{l}.{_KINDS[kind]}" for l in range(n_layers))
     m = trace_masks(n_layers, length, kind, window)
-    masks = {s: jnp.asarray(m[j]) for j, s in enumerate(sites)}
+    groups, group_masks, order = restart_groups(
+        {s: m[j] for j, s in enumerate(sites)}, {s: j for j, s in enumerate(sites)},
+        _start_site(kind))
     if answer is None:
         out = backend.forward(target_ids=ids, target_mask=mask,
                               positions=jnp.asarray(p.last)[:, None])
         ans = int(jnp.argmax(out["logits"][0, 0]))
     else:
         ans = int(answer_ids(model, answer, 1, name="answer")[0])
-    cells, low, high = _trace(backend, ids, mask, full, ans, masks, sites=sites,
+    cells, low, high = _trace(backend, ids, mask, full, ans,
+                              jax.tree_util.tree_map(jnp.asarray, group_masks),
+                              jnp.asarray(order), sites=sites, groups=groups,
                               chunk=int(chunk))
     scores = np.asarray(cells, np.float32).reshape(length, n_layers)
     return TraceResult(

@@ -14,6 +14,7 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
+from .. import views
 from .core import lens_log_probs
 
 __all__ = ["LensTrajectory", "STAT_NAMES"]
@@ -120,27 +121,19 @@ class LensTrajectory:
     # ---------------------------------------------------------------- views
     def to_text(self, i: int = 0, **kwargs) -> str:
         """Compact terminal table (see :func:`jaxattr.render.lens.lens_text`)."""
-        from ..render.lens import lens_text
-        return lens_text(self, i, **kwargs)
+        return views.dispatch("lens_text", self, i, **kwargs)
 
     def to_html(self, i: int = 0, **kwargs) -> str:
         """Standalone HTML heatmap (see :func:`jaxattr.render.lens.lens_html`)."""
-        from ..render.lens import lens_html
-        return lens_html(self, i, **kwargs)
+        return views.dispatch("lens_html", self, i, **kwargs)
 
     def to_figure(self, i: int = 0, **kwargs):
         """Matplotlib heatmap (see :func:`jaxattr.render.lens.lens_figure`)."""
-        from ..render.lens import lens_figure
-        return lens_figure(self, i, **kwargs)
+        return views.dispatch("lens_figure", self, i, **kwargs)
 
     def show(self, i: int = 0, **kwargs) -> None:
         """Print the terminal table (an HTML view in notebooks)."""
-        from ..render import in_notebook
-        if in_notebook():
-            from IPython.display import HTML, display
-            display(HTML(self.to_html(i, full_page=False, **kwargs)))
-        else:
-            print(self.to_text(i, **kwargs))
+        views.dispatch("lens_show", self, i, **kwargs)
 
     def _repr_html_(self) -> str:
         return self.to_html(0, full_page=False)

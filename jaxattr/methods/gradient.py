@@ -7,10 +7,12 @@ import jax
 import jax.numpy as jnp
 
 from ._vjp import per_output_grads
+from .needs import declare
 
 __all__ = ["saliency", "input_x_gradient"]
 
 
+@declare()
 def saliency(
     score_fn: Callable[..., Any],
     x: Any,
@@ -39,6 +41,7 @@ def saliency(
     return (grads, aux) if has_aux else grads
 
 
+@declare()
 def input_x_gradient(
     score_fn: Callable[..., Any],
     x: Any,

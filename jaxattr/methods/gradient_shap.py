@@ -9,12 +9,14 @@ import jax.numpy as jnp
 from ._common import (as_key, check_finite, count, draw_noise, fold_in, plain, resolve_baseline,
                       weighted_sum, with_aux)
 from ._vjp import per_output_grads
+from .needs import declare
 
 __all__ = ["gradient_shap"]
 
 _tmap = jax.tree_util.tree_map
 
 
+@declare(baseline=True, baseline_sets=True, key=True)
 def gradient_shap(
     score_fn: Callable[..., Any],
     x: Any,

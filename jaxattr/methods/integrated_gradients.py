@@ -7,24 +7,27 @@ import jax
 import jax.numpy as jnp
 from ._common import plain, resolve_baseline, weighted_sum
 from ._vjp import per_output_grads
-from .quadrature import quadrature
+from .quadrature import quadrature as quadrature_nodes, quadrature_rule
+from .needs import declare
 
 __all__ = ["integrated_gradients"]
 
 _tmap = jax.tree_util.tree_map
 
 
+@declare(baseline=True, completeness=True)
 def integrated_gradients(
     score_fn: Callable[..., Any],
     x: Any,
     baseline: Any = None,
     *,
     n_steps: int = 50,
-    method: str = "gausslegendre",
+    quadrature: str = "gausslegendre",
     internal_batch_size: int | None = None,
     return_convergence_delta: bool = False,
     has_aux: bool = False,
     output_batch_size: int | None = None,
+    method: str | None = None,
 ):
     """``(x − x') ⊙ ∫_0^1 ∂s(x' + α(x − x'))/∂x dα`` for every output of ``score_fn``.
 
@@ -34,7 +37,8 @@ def integrated_gradients(
       baseline: same structure as ``x`` (or one array/scalar for every leaf), broadcast to
         ``x``'s shapes; ``None`` means zeros.
       n_steps: quadrature nodes.
-      method: ``gausslegendre`` (default) or ``riemann_left|right|middle|trapezoid``.
+      quadrature: the rule, ``gausslegendre`` (default) or
+        ``riemann_left|right|middle|trapezoid`` (:func:`jaxattr.methods.quadrature`).
       internal_batch_size: interpolation steps evaluated at once. ``None`` vmaps all
         ``n_steps``; an integer scans over chunks of that many steps and accumulates, so
         peak memory is bounded by the chunk, not by ``n_steps``.
@@ -42,13 +46,15 @@ def integrated_gradients(
         Σ_{leading} (s(x)[..., t] − s(x')[..., t])`` (0 for exact integration).
       has_aux: ``score_fn`` returns ``(scores, aux)``; ``aux`` at ``x`` is returned last.
       output_batch_size: bound on simultaneous backward passes per step.
+      method: deprecated spelling of ``quadrature`` (warns).
 
     Returns:
       ``attributions`` (``[T, *leaf.shape]`` per leaf), then ``delta`` if requested, then
       ``aux`` if ``has_aux`` — as a tuple when more than one is returned.
     """
     baseline = resolve_baseline(x, baseline)
-    alphas, weights = quadrature(n_steps, method)
+    alphas, weights = quadrature_nodes(
+        n_steps, quadrature_rule(quadrature, method, where="integrated_gradients"))
     diff = _tmap(lambda a, b: a - b, x, baseline)
     plain_fn = plain(score_fn, has_aux)
 

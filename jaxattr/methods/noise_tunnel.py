@@ -21,7 +21,7 @@ identity (a hash of its tokens), which makes noisy methods batch- and padding-in
 """
 from __future__ import annotations
 
-import inspect
+import dataclasses
 from typing import Any, Callable
 
 import jax
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 
 from ._common import (as_key, count, draw_noise, fold_in, is_static_zero, plain, weighted_sum,
                       with_aux)
+from .needs import needs_of
 
 __all__ = ["smoothgrad", "smoothgrad_sq", "vargrad", "noise_tunnel", "NOISE_TUNNEL_TYPES"]
 
@@ -36,7 +37,6 @@ _tmap = jax.tree_util.tree_map
 
 NOISE_TUNNEL_TYPES = ("smoothgrad", "smoothgrad_sq", "vargrad")
 _NT_PARAMS = ("n_samples", "stdevs", "key", "nt_samples_batch_size")
-_NOT_ADVERTISED = ("return_convergence_delta",)
 
 
 def noise_tunnel(
@@ -64,10 +64,11 @@ def noise_tunnel(
         also accepts them as keywords. ``stdevs`` is one number or one per leaf of ``x``.
 
     Returns:
-      A method with ``method``'s parameters (so a ``baseline`` is still accepted and passed
-      through) plus the four noise settings, less ``return_convergence_delta`` (completeness
-      does not hold for an average over noisy inputs, so no ``deltas`` are recorded). ``aux`` (``has_aux=True``) is computed at the
-      clean ``x``.
+      A method that takes ``method``'s keywords (a ``baseline`` is passed through) plus the
+      four noise settings. Its declaration (``.needs``, :class:`~jaxattr.methods.needs.MethodNeeds`)
+      is ``method``'s with the noise settings added as options, a ``key`` needed, and no
+      completeness (an average over noisy inputs does not add up to ``s(x) - s(baseline)``,
+      so no ``deltas`` are recorded). ``aux`` (``has_aux=True``) is computed at the clean ``x``.
     """
     if isinstance(method, str):   # smoothgrad("saliency")
         from . import get_method
@@ -94,8 +95,8 @@ def _make(method, nt_type, n_samples, stdevs, key, nt_samples_batch_size):
     if nt_type not in NOISE_TUNNEL_TYPES:
         raise ValueError(f"Unknown noise tunnel type {nt_type!r}; choose one of "
                          f"{NOISE_TUNNEL_TYPES}.")
-    base_sig = inspect.signature(method)
-    clash = sorted(set(_NT_PARAMS) & set(base_sig.parameters))
+    base = needs_of(method)
+    clash = sorted(set(_NT_PARAMS) & base.options)
     if clash:
         raise ValueError(f"{getattr(method, '__name__', method)!r} already takes {clash}; a "
                          "noise tunnel around it would be ambiguous.")
@@ -124,17 +125,13 @@ def _make(method, nt_type, n_samples, stdevs, key, nt_samples_batch_size):
             mean = _tmap(lambda m, m2: jnp.maximum(m2 - jnp.square(m), 0), *mean)
         return with_aux(mean, score_fn, x, has_aux)
 
-    # Advertise the base method's parameters plus the noise settings, so that callers that
-    # route keywords by signature (the model pipeline) see them, including ``baseline``.
-    # Not ``return_convergence_delta``: the mean attribution over noisy inputs does not add up
-    # to ``s(x) - s(baseline)`` at the clean input, so a completeness delta would be
-    # meaningless (the pipeline adds ``deltas`` only for methods that declare it).
-    params = [p for p in base_sig.parameters.values() if p.name not in _NOT_ADVERTISED]
-    nt_params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=defaults[name])
-                 for name in _NT_PARAMS]
-    var_kw = [p for p in params if p.kind == p.VAR_KEYWORD]
-    params = [p for p in params if p.kind != p.VAR_KEYWORD] + nt_params + var_kw
-    wrapped.__signature__ = base_sig.replace(parameters=params)
+    # Declare what the wrapper needs (no forged signature): the base method's needs, a key
+    # (the noise draws), the noise settings as options, and no completeness: the mean
+    # attribution over noisy inputs does not add up to ``s(x) - s(baseline)`` at the clean
+    # input, so a completeness delta would be meaningless.
+    wrapped.needs = dataclasses.replace(base, completeness=False, key=True,
+                                        key_default=defaults["key"],
+                                        options=base.options | frozenset(_NT_PARAMS))
     base_name = getattr(method, "__name__", type(method).__name__)
     wrapped.__name__ = wrapped.__qualname__ = f"{nt_type}_{base_name}"
     wrapped.__doc__ = (f"{nt_type} noise tunnel around {base_name} "

@@ -8,12 +8,14 @@ import jax
 import jax.numpy as jnp
 
 from ._common import chunked_map, plain, position_masks, resolve_baseline, token_axes
+from .needs import declare
 
 __all__ = ["occlusion"]
 
 _tmap = jax.tree_util.tree_map
 
 
+@declare(baseline=True)
 def occlusion(
     score_fn: Callable[..., Any],
     x: Any,

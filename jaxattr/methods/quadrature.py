@@ -1,17 +1,20 @@
 """Quadrature rules on [0, 1] for path integrals (integrated gradients)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from ._common import count
 
-__all__ = ["QUADRATURE_RULES", "quadrature"]
+__all__ = ["QUADRATURE_RULES", "quadrature", "quadrature_rule"]
 
 QUADRATURE_RULES = ("gausslegendre", "riemann_left", "riemann_right", "riemann_middle",
                     "riemann_trapezoid")
 
 
-def quadrature(n_steps: int, method: str = "gausslegendre") -> tuple[np.ndarray, np.ndarray]:
+def quadrature(n_steps: int, rule: str = "gausslegendre", *,
+               method: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Nodes ``alphas[n_steps]`` in [0, 1] and weights ``[n_steps]`` summing to 1.
 
     ``sum(w * f(alphas)) ≈ ∫_0^1 f(a) da``. Gauss–Legendre with ``n`` nodes is exact for
@@ -23,6 +26,7 @@ def quadrature(n_steps: int, method: str = "gausslegendre") -> tuple[np.ndarray,
     ``(n-1)/n``, so its integrated gradients are ours times ``(n-1)/n``: multiply Captum's by
     ``n/(n-1)`` (or divide ours) to compare them.
     """
+    method = quadrature_rule(rule, method, where="quadrature", keyword="rule")
     n = count(n_steps, "n_steps")
     if method == "gausslegendre":
         nodes, weights = np.polynomial.legendre.leggauss(n)
@@ -40,3 +44,18 @@ def quadrature(n_steps: int, method: str = "gausslegendre") -> tuple[np.ndarray,
         w[0] = w[-1] = 0.5 / (n - 1)
         return np.linspace(0.0, 1.0, n), w
     raise ValueError(f"Unknown quadrature method {method!r}; choose one of {QUADRATURE_RULES}.")
+
+
+def quadrature_rule(quadrature: str, method: str | None, *, where: str,
+                    keyword: str = "quadrature") -> str:
+    """The rule named by ``quadrature``, or by the deprecated ``method=`` spelling (with a
+    ``DeprecationWarning``); both given and different is an error."""
+    if method is None:
+        return quadrature
+    warnings.warn(f"{where}(method=...) is deprecated: name the quadrature rule with "
+                  f"{keyword}={method!r} (method= will be removed).", DeprecationWarning,
+                  stacklevel=3)
+    if quadrature not in ("gausslegendre", method):
+        raise ValueError(f"{where} got {keyword}={quadrature!r} and the deprecated "
+                         f"method={method!r}; give only {keyword}=.")
+    return method

@@ -10,24 +10,27 @@ import numpy as np
 from ._common import n_positions, plain, position_masks, resolve_baseline, weighted_sum, \
     with_aux
 from ._vjp import per_output_grads
-from .quadrature import quadrature
+from .quadrature import quadrature as quadrature_nodes, quadrature_rule
+from .needs import declare
 
 __all__ = ["sequential_integrated_gradients"]
 
 _tmap = jax.tree_util.tree_map
 
 
+@declare(baseline=True)
 def sequential_integrated_gradients(
     score_fn: Callable[..., Any],
     x: Any,
     baseline: Any = None,
     *,
     n_steps: int = 50,
-    method: str = "gausslegendre",
+    quadrature: str = "gausslegendre",
     token_axis: int = -2,
     has_aux: bool = False,
     internal_batch_size: int | None = None,
     output_batch_size: int | None = None,
+    method: str | None = None,
 ):
     """Integrated gradients of one token position at a time, the others kept at ``x``.
 
@@ -46,13 +49,14 @@ def sequential_integrated_gradients(
       x: array or pytree of arrays, each with a token axis ``token_axis``.
       baseline: like ``x`` (or one array/scalar broadcast to every leaf); ``None``: zeros.
       n_steps: quadrature nodes per position.
-      method: quadrature rule, see :func:`jaxattr.methods.quadrature`.
+      quadrature: the rule, see :func:`jaxattr.methods.quadrature`.
       token_axis: the position axis of every leaf (default ``-2``: ``[..., L, H]``).
       has_aux: ``score_fn`` returns ``(scores, aux)``; ``aux`` at ``x`` is returned too.
       internal_batch_size: path points (position × step pairs, one forward and ``T``
         backward passes each) evaluated at once. ``None`` vmaps all ``L · n_steps``; an
         integer scans over chunks and bounds memory by the chunk.
       output_batch_size: bound on simultaneous backward passes per path point.
+      method: deprecated spelling of ``quadrature`` (warns).
 
     Returns:
       Attributions ``[T, *leaf.shape]`` per leaf (and ``aux`` when ``has_aux``).
@@ -61,7 +65,8 @@ def sequential_integrated_gradients(
     diff = _tmap(lambda a, b: a - b, x, baseline)
     plain_fn = plain(score_fn, has_aux)
     n_pos = n_positions(x, token_axis)
-    alphas, weights = quadrature(n_steps, method)
+    alphas, weights = quadrature_nodes(
+        n_steps, quadrature_rule(quadrature, method, where="sequential_integrated_gradients"))
     positions = np.repeat(np.arange(n_pos), len(alphas))
     point_alphas = np.tile(alphas, n_pos)
     point_weights = np.tile(weights, n_pos)

@@ -18,7 +18,7 @@ from .spec import DecoderSpec, spec_from_config
 
 __all__ = ["NativeDecoder", "NativeModel", "load_native"]
 
-_KINDS = ("resid_pre", "attn_pattern", "head_out", "attn_out", "mlp_out", "resid_post")
+_KINDS = ("resid_pre", "value", "attn_pattern", "head_out", "attn_out", "mlp_out", "resid_post")
 
 
 class NativeDecoder(struct.PyTreeNode):
@@ -31,6 +31,9 @@ class NativeDecoder(struct.PyTreeNode):
     params: Any
     spec: DecoderSpec = struct.field(pytree_node=False)
     is_encoder_decoder: bool = struct.field(pytree_node=False, default=False)
+    #: every nonlinearity of the forward is rule-aware (jaxattr.methods.deeplift_rules), so
+    #: method="deeplift" can use the rescale rule
+    deeplift_rules = True
 
     @property
     def embed_scale(self) -> float:

@@ -10,6 +10,8 @@ from typing import Optional, Union
 import numpy as np
 from flax import struct
 
+from .. import views
+
 __all__ = ["ProbeResult", "load", "FORMAT", "FORMAT_VERSION"]
 
 FORMAT = "jaxattr.probing"
@@ -88,8 +90,7 @@ class ProbeResult:
 
     def table(self, *, digits: int = 3) -> str:
         """A plain-text table, one row per layer."""
-        from ..render.probing import probe_table
-        return probe_table(self, digits=digits)
+        return views.dispatch("probe_table", self, digits=digits)
 
     def to_dataframe(self):
         """The table as a ``pandas.DataFrame`` (needs pandas)."""
@@ -99,8 +100,7 @@ class ProbeResult:
     def figure(self, **kwargs):
         """A matplotlib figure of score / control / selectivity (and compression) by layer
         (:func:`jaxattr.render.probing.probe_figure`)."""
-        from ..render.probing import probe_figure
-        return probe_figure(self, **kwargs)
+        return views.dispatch("probe_figure", self, **kwargs)
 
     def __str__(self) -> str:
         return self.table()

@@ -1,11 +1,14 @@
 """Rendering of attribution results: terminal text, HTML, and matplotlib figures.
 
-Computation code never imports this package; results import it lazily from their
-``to_text`` / ``to_html`` / ``show`` methods.
+Computation code never imports this package, and neither do the results: this package
+registers its renderers in :mod:`jaxattr.views` when imported (``import jaxattr`` does), and
+``out.to_html()`` / ``out.show()`` dispatch through that registry.
 """
 from __future__ import annotations
 
 import sys
+
+from .. import views as _views
 
 from .html import CSP, HtmlReport, save_html, to_html
 from .text import to_text, use_color
@@ -59,3 +62,34 @@ def save_figure(x, path, **kwargs):
     """Write the heatmap figure as PNG/SVG/PDF (see :func:`jaxattr.render.figure.save_figure`)."""
     from .figure import save_figure as _save_figure
     return _save_figure(x, path, **kwargs)
+
+
+def _lens_show(traj, i: int = 0, **kwargs) -> None:
+    """A lens trajectory: an HTML view in a notebook, the terminal table otherwise."""
+    if in_notebook():
+        from IPython.display import HTML, display
+        display(HTML(traj.to_html(i, full_page=False, **kwargs)))
+    else:
+        print(traj.to_text(i, **kwargs))
+
+
+def _context_show(out, *, file=None, color=None) -> None:
+    """A context attribution: the terminal view (colour when ``file`` is a terminal)."""
+    stream = sys.stdout if file is None else file
+    stream.write(out.to_text(color=use_color(stream) if color is None else color))
+    stream.flush()
+
+
+# Result objects reach the renderers through the view registry (results never import this
+# package); `import jaxattr` imports it, which registers them.
+from .context import context_to_html, context_to_text  # noqa: E402
+from .lens import lens_figure, lens_html, lens_text  # noqa: E402
+from .probing import probe_figure, probe_table  # noqa: E402
+
+for _name, _fn in (("to_text", to_text), ("to_html", to_html), ("show", show),
+                   ("to_figure", to_figure), ("lens_text", lens_text),
+                   ("lens_html", lens_html), ("lens_figure", lens_figure),
+                   ("lens_show", _lens_show), ("probe_table", probe_table),
+                   ("probe_figure", probe_figure), ("context_to_text", context_to_text),
+                   ("context_to_html", context_to_html), ("context_show", _context_show)):
+    _views.provide(_name, _fn)

@@ -1,0 +1,111 @@
+"""The layering of ARCHITECTURE.md, checked on the import graph (every import statement,
+function-level ones included, read from the source with ``ast``).
+
+- results (``jaxattr.results``) and the view registry never import the layers above them
+  (``aggregate``, ``io``, ``render``) nor any model code: they reach aggregation, export and
+  rendering through :mod:`jaxattr.views`, which those layers fill;
+- methods never import models, adapters, the model object, ``render``, ``io``,
+  ``transformers`` or ``flax`` (``flax.linen`` included);
+- the other result classes (lens trajectories, probe results, context attributions) reach
+  their renderers through the same registry;
+- planning and the model object never import ``render``.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import jaxattr
+from jaxattr import views
+
+PKG = Path(jaxattr.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    rel = path.relative_to(PKG.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path) -> set:
+    """Absolute names of every module ``path`` imports, at any depth of the file."""
+    module = _module_name(path)
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                name = ".".join(base + ([node.module] if node.module else []))
+            else:
+                name = node.module
+            out.add(name)
+            # ``from . import render`` imports the submodule ``render``
+            out.update(f"{name}.{alias.name}" for alias in node.names)
+    return out
+
+
+def _hits(path: Path, forbidden: tuple) -> list:
+    return sorted(name for name in imports_of(path)
+                  if any(name == f or name.startswith(f + ".") for f in forbidden))
+
+
+def test_the_import_reader_sees_function_level_and_relative_imports(tmp_path):
+    # the reader itself, on a file with every kind of import (else the tests below prove nothing)
+    pkg = PKG / "render" / "__init__.py"
+    assert "jaxattr.views" in imports_of(pkg)          # relative, two dots
+    src = PKG / "cli.py"
+    assert any(n.startswith("jaxattr.render") for n in imports_of(src))  # function-level
+
+
+RESULTS_FORBIDDEN = ("jaxattr.render", "jaxattr.io", "jaxattr.aggregate", "jaxattr.model",
+                     "jaxattr.models", "jaxattr.adapters", "transformers", "flax.linen")
+
+
+@pytest.mark.parametrize("name", ["results.py", "views.py"])
+def test_results_never_import_the_layers_above(name):
+    assert _hits(PKG / name, RESULTS_FORBIDDEN) == []
+
+
+@pytest.mark.parametrize("name", ["lens/trajectory.py", "probing/result.py",
+                                  "context/output.py"])
+def test_other_result_classes_never_import_render(name):
+    assert _hits(PKG / name, ("jaxattr.render",)) == []
+
+
+METHODS_FORBIDDEN = ("jaxattr.render", "jaxattr.io", "jaxattr.model", "jaxattr.models",
+                     "jaxattr.adapters", "jaxattr.pipeline", "jaxattr.results",
+                     "transformers", "flax")
+
+
+@pytest.mark.parametrize("path", sorted((PKG / "methods").glob("*.py")), ids=lambda p: p.name)
+def test_methods_never_import_models_or_flax(path):
+    assert _hits(path, METHODS_FORBIDDEN) == []
+
+
+@pytest.mark.parametrize("name", ["planning.py", "spec.py", "batching.py", "pipeline.py",
+                                  "generation.py", "text_generation.py", "host_views.py",
+                                  "model.py", "model_base.py", "model_loading.py"])
+def test_computation_never_imports_render(name):
+    path = PKG / name
+    assert _hits(path, ("jaxattr.render",)) == []
+
+
+def test_results_reach_render_io_and_aggregate_through_the_registry():
+    # the package registered every view a result object offers
+    for name in ("to_html", "to_text", "show", "to_figure", "save", "to_dataframe",
+                 "scores_dict", "reduce_hidden", "normalize", "aggregate_sequence",
+                 "lens_text", "lens_show", "probe_table", "context_to_text", "context_show"):
+        assert name in views.provided()
+
+
+def test_an_unregistered_view_is_a_clear_error():
+    with pytest.raises(views.ViewError, match="nothing provides 'no_such_view'.*import jaxattr"):
+        views.dispatch("no_such_view", object())
