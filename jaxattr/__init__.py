@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 from . import _compat, aggregate, methods, targets, zoo
 _compat.silence_flax_deprecation()
 from ._cache import enable_compilation_cache
+from .compile_effort import get_compile_effort, set_compile_effort
 from .adapters import ModelAdapter, make_adapter
 from .encoding import InputError
 from .loading import UnsupportedModelError, supported_architectures
@@ -50,7 +51,7 @@ __all__ = [
     "smoothgrad", "smoothgrad_sq", "vargrad", "deeplift", "attention_rollout", "lime",
     "discretized_integrated_gradients", "reagent",
     # models
-    "load_model", "AttributionModel", "list_methods", "list_targets", "enable_compilation_cache", "ModelAdapter", "make_adapter", "supported_architectures",
+    "load_model", "AttributionModel", "list_methods", "list_targets", "enable_compilation_cache", "set_compile_effort", "get_compile_effort", "ModelAdapter", "make_adapter", "supported_architectures",
     "ModelBatch", "attribute_batch", "PreparedRun", "RunSpec",
     # targets
     "TargetBatch", "get_target", "register_target",
