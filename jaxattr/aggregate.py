@@ -366,7 +366,8 @@ def normalize_columns(*parts):
 # Methods whose attribution is a signed share of s(x) - s(baseline) (completeness), and
 # contrastive targets, whose sign says "for the output" or "for the alternative".
 SIGNED_METHODS = frozenset({"integrated_gradients", "layer_integrated_gradients",
-                            "gradient_shap", "occlusion", "sequential_integrated_gradients"})
+                            "gradient_shap", "occlusion", "sequential_integrated_gradients",
+                            "deeplift", "layer_deeplift"})
 
 
 def default_aggregator(info: dict) -> str:
@@ -377,7 +378,7 @@ def default_aggregator(info: dict) -> str:
     against the alternative) unless the method is the unsigned saliency; ``"vnorm"`` (L2, as
     in Inseq) otherwise."""
     method = info.get("method")
-    if method in ("attention", "attention_rollout"):
+    if method in ("attention", "attention_rollout", "value_zeroing"):
         return "mean"
     if method in SIGNED_METHODS:
         return "sum"

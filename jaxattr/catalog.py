@@ -10,15 +10,17 @@ __all__ = ["list_methods", "list_targets", "LAYER_METHODS", "MODEL_METHODS"]
 # Model-level names: layer methods are the gradient methods applied to a site's activation.
 LAYER_METHODS = {"layer_integrated_gradients": "integrated_gradients",
                  "layer_gradient_x_activation": "input_x_gradient",
-                 "layer_saliency": "saliency"}
+                 "layer_saliency": "saliency",
+                 "layer_deeplift": "deeplift"}
 # Methods that need a model (not pure functions of a score function).
-MODEL_METHODS = tuple(sorted(LAYER_METHODS)) + ("attention", "attention_rollout")
+MODEL_METHODS = tuple(sorted(LAYER_METHODS)) + ("attention", "attention_rollout", "value_zeroing")
 
 
 def list_methods() -> list[str]:
     """Every method name ``model.attribute(method=...)`` accepts: the functional methods
     (``saliency`` …, and the noise tunnels ``smoothgrad`` / ``smoothgrad_sq`` / ``vargrad``
-    around saliency), the layer methods, ``attention`` and ``attention_rollout``; sorted."""
+    around saliency), the layer methods, ``attention``, ``attention_rollout`` and
+    ``value_zeroing``; sorted."""
     return sorted(set(METHODS) | set(NOISE_TUNNEL_TYPES) | set(MODEL_METHODS))
 
 

@@ -146,8 +146,8 @@ class AttributionModel(ModelBase):
           :class:`~jaxattr.results.AttributionOutput` with one
           :class:`~jaxattr.results.SequenceAttribution` per input.
 
-        Integrated-gradients methods add the step score ``deltas`` (completeness error per
-        step) and emit a ``RuntimeWarning`` when some step's error exceeds 10% of its score
+        Integrated-gradients methods and DeepLIFT add the step score ``deltas`` (completeness
+        error per step; DeepLIFT's rescale rule sums to the change, so rounding only) and emit a ``RuntimeWarning`` when some step's error exceeds 10% of its score
         change ``s(x) - s(baseline)`` (raise ``n_steps``).
         """
         options = {k: v for k, v in locals().items() if k in _RUN_OPTIONS}
@@ -197,7 +197,9 @@ class AttributionModel(ModelBase):
 
             prep = model.prepare(prompts, texts, method="integrated_gradients")
             res = jaxattr.attribute_batch(model.adapter, prep.batch(0), prep.baseline,
-                                          **prep.spec.pipeline_kwargs())
+                                          method_arrays=prep.method_arrays,
+                                          method_arrays=prep.method_arrays,
+                                     **prep.spec.pipeline_kwargs())
             out = model.run(prep)          # what attribute() returns
         """
         options = {k: v for k, v in locals().items() if k in _RUN_OPTIONS}
@@ -244,6 +246,7 @@ class AttributionModel(ModelBase):
                 key=lambda c: max(len(prep.seqs[i].target_ids) for i in prep.chunks[c]))
         batch = prep.batch(b)
         compiled = compiled_attribute(self._placed_adapter(prep.mesh), batch, prep.baseline,
+                                      method_arrays=prep.method_arrays,
                                       **prep.spec.pipeline_kwargs())
         m = compiled.memory_analysis()
         out = {"argument": int(m.argument_size_in_bytes), "output": int(m.output_size_in_bytes),

@@ -13,7 +13,7 @@ from .adapters import make_adapter
 from .batching import site_arrays
 from .encoding import EncodedSequence, _as_list, encode_decoder_only, encode_encoder_decoder
 from .spec import baseline_ids
-from .text_generation import encode_generated, generate_ids
+from .text_generation import generate_ids
 
 __all__ = ["ModelBase"]
 
@@ -173,10 +173,6 @@ class ModelBase:
     def _generate_ids(self, texts, *, batch_size=None, **generation_args):
         """:func:`jaxattr.text_generation.generate_ids` of this model."""
         return generate_ids(self, texts, batch_size=batch_size, **generation_args)
-
-    def _encode_generated(self, texts, **kw):
-        """:func:`jaxattr.text_generation.encode_generated` of this model."""
-        return encode_generated(self, texts, **kw)
 
 
     def _baseline_ids(self, arrays: dict, kind: str) -> dict:

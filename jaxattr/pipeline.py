@@ -18,24 +18,29 @@ from flax import struct
 
 from .adapters import ModelAdapter
 from .baselines import BaselineSet
+from .compile_effort import EffortJit
 from .internals.sites import SiteError, is_raw_path, parse_site, resolve_sites
 from .methods._common import as_key, example_identity
 from .methods.attention_rollout import attention_rollout
+from .methods.deeplift import RESCALE_NEEDS_NATIVE, deeplift
 from .methods.gradient import input_x_gradient, saliency
+from .methods.integrated_gradients import integrated_gradients
 from .methods.needs import needs_of
 from .methods.separable import is_separable, step_separable
 from .prefix_groups import (check_prefix_groups, one_pass_flops, plan_prefix_groups,
                              stitch_groups, truncate_batch)
 from .results import BatchAttribution
 from .targets import TargetBatch
+from .value_zeroing import normalize_scores, value_zeroing_scores
 
 __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs",
            "keyword_names", "example_ids", "example_keys", "dropout_keys", "resolve_layer",
-           "prefix_plan",
+           "prefix_plan", "exact_plan", "EXACT_NEEDS_NATIVE",
            "ATTENTION_METHODS", "ROLLOUT_ENC_DEC_ERROR"]
 
-# Methods read from the attention patterns of one forward (no score function, no gradient).
-ATTENTION_METHODS = ("attention", "attention_rollout")
+# Methods read from forwards alone (no score function, no gradient): the attention patterns
+# of one forward, and value zeroing (one corrupted forward per token, vmapped).
+ATTENTION_METHODS = ("attention", "attention_rollout", "value_zeroing")
 ROLLOUT_ENC_DEC_ERROR = (
     "method='attention_rollout' supports decoder-only models: through an encoder-decoder the "
     "rollout would have to mix encoder self-attention, decoder self-attention and "
@@ -242,11 +247,12 @@ def _attributed_inputs(adapter, batch, baseline, run, emb: dict, all_embeds: dic
 def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, method, method_kwargs,
                     target_fn, target_kwargs, step_fns, attribute_source, attribute_target,
                     contrast_forward=False, n_dropout=0, dropout_seed=0, layer=None,
-                    reduce_hidden=None, split_head=True):
+                    reduce_hidden=None, split_head=True, method_arrays=None,
+                    causal_chunks=None):
     common = dict(method=method, method_kwargs=method_kwargs, target_fn=target_fn,
                   target_kwargs=target_kwargs, step_fns=step_fns, contrast_forward=contrast_forward,
                   n_dropout=n_dropout, dropout_seed=dropout_seed, reduce_hidden=reduce_hidden,
-                  split_head=split_head)
+                  split_head=split_head, method_arrays=method_arrays)
     if layer is not None and len(layer) > 1 and method not in _POINT_GRADIENT_METHODS:
         # Methods that move the activations (IG paths, noise) see each site on its own: the
         # rest of the network runs from the moved value, as in a single-layer call.
@@ -278,6 +284,9 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
             capture=capture, patch=patch, positions=batch.step_positions - 1,
             return_head=split)
 
+    if (method is deeplift and dict(method_kwargs).get("mode", "rescale") == "rescale"
+            and not getattr(adapter, "deeplift_rules", False)):
+        raise ValueError(RESCALE_NEEDS_NATIVE)
     needs = needs_of(method)
     all_embeds = ({"source": src_embeds, "target": tgt_embeds} if adapter.is_encoder_decoder
                   else {"target": tgt_embeds})
@@ -289,7 +298,14 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     score_fn = _score_fn(forward, batch, tbatch, target_fn=target_fn,
                          target_kwargs=target_kwargs, split=split, n_dropout=n_dropout,
                          dropout_seed=dropout_seed)
+    if causal_chunks is not None:
+        score_fn.per_output_grads = _causal_chunk_grads(adapter, batch, tbatch, target_fn,
+                                                        target_kwargs, causal_chunks)
     kwargs = _call_kwargs(method, needs, method_kwargs, batch, x, base_x, layer=layer)
+    if needs.token_inputs:
+        kwargs.update(_token_inputs(adapter, batch, needs, x, layer,
+                                    lambda xd: forward(xd)["logits"], tbatch))
+        kwargs.update(method_arrays or {})
     attr, (step_logits, tb, scores) = method(score_fn, x, has_aux=True, **kwargs)
 
     step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
@@ -306,6 +322,54 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     parts = [_assemble({side: attr[name]}, batch, step_scores, attribute_source,
                        attribute_target, reduce_hidden) for name in layer]
     return parts[0] if len(parts) == 1 else _stack_sites(parts)
+
+
+def _causal_chunk_grads(adapter, batch: ModelBatch, tbatch: TargetBatch, target_fn,
+                        target_kwargs, groups: tuple) -> Callable:
+    """``x -> (scores, grads, aux)``, the per-step gradients of the score function with exact
+    causal truncation (the native decoder's ``causal_step_grads``), in place of the one-pass
+    VJP (:func:`jaxattr.methods.per_output_grads` uses it)."""
+    def score_of(logits):
+        return target_fn(logits, tbatch, **dict(target_kwargs)) * batch.step_mask
+
+    def grads_of(xd):
+        if set(xd) != {"target"}:
+            raise ValueError("prefix_groups='exact' attributes the target embeddings of a "
+                             "decoder-only model only.")
+        scores, logits, grads = adapter.causal_step_grads(
+            target_ids=batch.target_ids, target_mask=batch.target_mask,
+            target_embeds=xd["target"], positions=batch.step_positions - 1,
+            score_of=score_of, groups=groups)
+        return scores, {"target": grads}, (logits, tbatch, scores)
+
+    return grads_of
+
+
+# Methods whose attributions come from per-output gradients of the clean score function
+# (per_output_grads), the ones exact causal truncation serves.
+_EXACT_METHODS = (saliency, input_x_gradient, integrated_gradients)
+EXACT_NEEDS_NATIVE = (
+    "prefix_groups='exact' (exact causal truncation) needs a model whose forward is jaxattr's "
+    "own (the native llama-like family, jaxattr.models); this model runs through another "
+    "backend. Use prefix_groups='auto' or an int.")
+
+
+def _check_exact(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropout,
+                 layer) -> None:
+    """Raise a ``ValueError`` naming what to change unless exact causal truncation applies."""
+    if not hasattr(adapter, "causal_step_grads"):
+        raise ValueError(EXACT_NEEDS_NATIVE)
+    name = getattr(method, "__name__", str(method))
+    if method not in _EXACT_METHODS:
+        raise ValueError(f"prefix_groups='exact' serves saliency, input_x_gradient and "
+                         f"integrated_gradients; method "
+                         f"{name!r} runs with prefix_groups='auto' or an int.")
+    if not _groupable(adapter, batch, baseline, method=method, target_fn=target_fn,
+                      step_fns=step_fns, n_dropout=n_dropout, layer=layer):
+        raise ValueError("prefix_groups='exact' needs what prefix groups need: token "
+                         "embeddings attributed (no layer), step-separable targets and step "
+                         "scores, no MC dropout, a baseline without a position axis, and a "
+                         "concrete batch (not under an outer jit). Use prefix_groups=1.")
 
 
 def _score_fn(forward, batch: ModelBatch, tbatch: TargetBatch, *, target_fn, target_kwargs,
@@ -359,6 +423,59 @@ def _call_kwargs(method, needs, method_kwargs, batch: ModelBatch, x, base_x, *,
     if keys is not None:
         kwargs["key"] = keys
     return kwargs
+
+
+def _token_inputs(adapter, batch: ModelBatch, needs, x: dict, layer, logits_of: Callable,
+                  tbatch: TargetBatch) -> dict:
+    """Token-level inputs a method declares (:data:`jaxattr.methods.needs.TOKEN_INPUTS`;
+    DIG's paths and ReAGent's replacements run through the vocabulary): ``token_ids`` /
+    ``baseline_ids`` ``{side: [B, L]}``, ``vocabulary`` ``{side: [V, H]}`` (the attributed
+    embedding table, with the model's scale), ``logits_fn`` (``x -> [B, T, V]`` step
+    logits), ``target_ids`` ``[B, T]`` and ``visible`` ``{side: [B, T, L]}`` (the real
+    positions each real step sees: its prefix on a causal side). ``knn`` comes in
+    ``method_arrays``."""
+    wants = needs.token_inputs
+    if layer is not None:
+        raise ValueError("this method attributes token embeddings (its inputs run through "
+                         "the vocabulary); it has no layer variant: drop `layer`.")
+    out = {}
+    if "token_ids" in wants:
+        out["token_ids"] = {side: batch.source_ids if side == "source" else batch.target_ids
+                            for side in x}
+    if "baseline_ids" in wants:
+        base = {side: batch.baseline_source_ids if side == "source"
+                else batch.baseline_target_ids for side in x}
+        if any(b is None for b in base.values()):
+            raise ValueError("this method needs baseline tokens: baseline='unk' (default) or "
+                             "'pad', not zeros or an array (its path ends at a word of the "
+                             "vocabulary).")
+        out["baseline_ids"] = base
+    if "vocabulary" in wants:
+        out["vocabulary"] = {side: vocabulary_table(adapter, side) for side in x}
+    if "logits_fn" in wants:
+        out["logits_fn"] = logits_of
+    if "target_ids" in wants:
+        out["target_ids"] = tbatch.target_ids
+    if "visible" in wants:
+        step = batch.step_mask[:, :, None] > 0
+        vis = {}
+        for side in x:
+            if side == "source":
+                vis[side] = step & (batch.source_mask[:, None, :] > 0)
+            else:
+                L = batch.target_ids.shape[1]
+                before = jnp.arange(L)[None, None, :] < batch.step_positions[:, :, None]
+                vis[side] = step & before & (batch.target_mask[:, None, :] > 0)
+        out["visible"] = vis
+    return out
+
+
+def vocabulary_table(adapter, side: str) -> jax.Array:
+    """``[V, H]``: every token's attributed embedding on ``side`` (``"source"`` or
+    ``"target"``), i.e. the embedding table times the model's embedding scale."""
+    emb_side = "encoder" if side == "source" else "decoder"
+    n_vocab = adapter.embedding_matrix(emb_side).shape[0]
+    return adapter.embed(jnp.arange(n_vocab)[None], side=emb_side)[0]
 
 
 def _stack_sites(parts: list) -> BatchAttribution:
@@ -456,6 +573,29 @@ def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, targ
                      reduce_hidden)
 
 
+def _value_zeroing_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, target_kwargs,
+                        step_fns, attribute_source, attribute_target, contrast_forward=False,
+                        reduce_hidden=None):
+    """Value zeroing (:mod:`jaxattr.value_zeroing`) of the positions that predict each step:
+    target rows ``[T, B, L, layers]``, each column normalised over the tokens the step sees
+    (Inseq's threshold 1e-5 and sum-to-1). Decoder-only."""
+    dist = value_zeroing_scores(adapter, target_ids=batch.target_ids,
+                                target_mask=batch.target_mask)        # [B, Ltok, Lpos, n]
+    q = batch.step_positions - 1
+    cols = jnp.take_along_axis(dist, q[:, None, :, None], axis=2)    # [B, Ltok, T, n]
+    tok = jnp.arange(dist.shape[1])
+    valid = ((tok[None, :, None] <= q[:, None, :])
+             & (batch.target_mask[:, :, None] > 0))[..., None]       # [B, Ltok, T, 1]
+    cols = normalize_scores(cols, valid) * valid
+    out = adapter.forward(target_ids=batch.target_ids, target_mask=batch.target_mask,
+                          positions=q)
+    tb = _target_batch(adapter, batch, contrast_forward)
+    step_scores = {name: fn(out["logits"], tb, **dict(kw)) * batch.step_mask
+                   for name, fn, kw in step_fns}
+    attr = {"target": jnp.transpose(cols, (2, 0, 1, 3))}              # [T, B, Ltok, n]
+    return _assemble(attr, batch, step_scores, False, True, reduce_hidden)
+
+
 def _baseline(adapter, batch, baseline, x):
     """Baseline pytree matching ``x``: id-based (UNK/PAD embeddings), zeros, or arrays."""
     out = {}
@@ -487,13 +627,21 @@ def _traced(*args, **kwargs):
     return _attribute_impl(*args, **kwargs)
 
 
-_attribute_jit = jax.jit(_traced, static_argnames=(
+# Each program has a full-optimisation and a fast-compile jit (jaxattr.compile_effort picks
+# by the model's size); ``_attribute_jit`` & co. name the full ones (benchmarks lower them).
+_attribute_jits = EffortJit(_traced, static_argnames=(
     "method", "method_kwargs", "target_fn", "target_kwargs", "step_fns", "attribute_source",
     "attribute_target", "contrast_forward", "n_dropout", "dropout_seed", "layer",
-    "reduce_hidden", "split_head"))
-_attention_jit = jax.jit(_attention_impl, static_argnames=(
+    "reduce_hidden", "split_head", "causal_chunks"))
+_attention_jits = EffortJit(_attention_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
     "contrast_forward", "reduce_hidden", "rollout"))
+_value_zeroing_jits = EffortJit(_value_zeroing_impl, static_argnames=(
+    "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
+    "contrast_forward", "reduce_hidden"))
+_attribute_jit = _attribute_jits.full
+_attention_jit = _attention_jits.full
+_value_zeroing_jit = _value_zeroing_jits.full
 
 
 def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, *,
@@ -503,6 +651,7 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                     dropout_seed: int = 0, layer: Optional[tuple] = None,
                     reduce_hidden: Optional[str] = None, split_head: bool = True,
                     prefix_groups: Union[str, int] = "auto",
+                    method_arrays: Optional[dict] = None,
                     jit: bool = True) -> BatchAttribution:
     """Attribute one padded batch.
 
@@ -513,6 +662,8 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
         when the method takes a baseline and ``batch`` carries no baseline ids.
       method: ``method(score_fn, x, *, has_aux=True, **method_kwargs)``.
       method_kwargs, target_kwargs: hashable ``((key, value), ...)`` tuples (static).
+      method_arrays: more keyword arguments of the method that are arrays (traced, not
+        static), such as DIG's cached neighbour lists ``knn``.
       target_fn: ``(logits[B,T,V], TargetBatch, **kw) -> [B, T]``, the attributed function.
       step_fns: ``((name, fn, kwargs_tuple), ...)`` step scores from the same forward.
       attribute_source / attribute_target: which embeddings to attribute.
@@ -538,7 +689,11 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
         running, not compiling, dominates); an int ``K`` asks for ``K`` groups, 1 for none.
         Applies when the batch is concrete (not traced by an outer ``jit``), the target and
         step scores are step-separable, and no layer, MC dropout or per-position baseline
-        array is used; otherwise the one-pass program runs.
+        array is used; otherwise the one-pass program runs. ``"exact"`` (native decoders,
+        saliency / input x gradient / integrated gradients): exact causal truncation, one
+        forward whose position blocks each step back-propagates through only up to the
+        positions it sees (:mod:`jaxattr.models.causal_chunks`); a clear error where it does
+        not apply.
       jit: run through the cached ``jax.jit`` (default) or eagerly.
 
     Returns:
@@ -550,13 +705,17 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
                              attribute_source=attribute_source, attribute_target=attribute_target,
                              contrast_forward=contrast_forward, n_dropout=n_dropout,
                              dropout_seed=dropout_seed, layer=layer, reduce_hidden=reduce_hidden,
-                             split_head=split_head)
+                             split_head=split_head, method_arrays=method_arrays)
     check_prefix_groups(prefix_groups)
     if (method not in ATTENTION_METHODS and batch.example_ids is None
             and needs_of(method).key):
         # Named before prefix groups cut the target: every group keys on the whole example.
         args = (adapter, batch.replace(example_ids=example_ids(batch))) + tuple(args[2:])
         batch = args[1]
+    if prefix_groups == "exact":
+        _check_exact(adapter, batch, baseline, method=method, target_fn=target_fn,
+                     step_fns=step_fns, n_dropout=n_dropout, layer=layer)
+        return fn(*args, **kwargs, causal_chunks=exact_plan(batch))
     groups = ()
     if _groupable(adapter, batch, baseline, method=method, target_fn=target_fn,
                   step_fns=step_fns, n_dropout=n_dropout, layer=layer):
@@ -566,6 +725,13 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
     parts = [fn(adapter, truncate_batch(batch, a, b, p), *args[2:], **kwargs)
              for a, b, p in groups]
     return stitch_groups(parts, batch)
+
+
+def exact_plan(batch: ModelBatch) -> tuple:
+    """The step groups ``((a, b, P), ...)`` of exact causal truncation
+    (:func:`jaxattr.models.causal_chunks.plan_causal_chunks`)."""
+    from .models.causal_chunks import plan_causal_chunks
+    return plan_causal_chunks(np.asarray(batch.step_positions), batch.target_ids.shape[1])
 
 
 def prefix_plan(adapter: ModelAdapter, batch: ModelBatch, prefix_groups) -> tuple:
@@ -585,6 +751,8 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
     return (method not in ATTENTION_METHODS and not adapter.is_encoder_decoder and layer is None
             # a fit over all positions (LIME) changes when later positions are cut off
             and not needs_of(method).position_mask
+            # ReAGent keys its probes on the step index, which a group would renumber
+            and "visible" not in needs_of(method).token_inputs
             and not n_dropout and not isinstance(batch.step_positions, jax.core.Tracer)
             and all(is_separable(f) for f in (target_fn, *(f for _, f, _ in step_fns)))
             and (baseline is None
@@ -593,21 +761,33 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
 
 
 def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,
-          method_kwargs=(), split_head=True, **common):
+          method_kwargs=(), split_head=True, method_arrays=None, **common):
+    if method == "value_zeroing":
+        return ((_value_zeroing_jits.pick(adapter.params) if jit else _value_zeroing_impl),
+                (adapter, batch), common)
     if method in ATTENTION_METHODS:
         common = dict(common, rollout=method == "attention_rollout")
-        return (_attention_jit if jit else _attention_impl), (adapter, batch), common
-    return ((_attribute_jit if jit else _attribute_impl), (adapter, batch, baseline),
+        return ((_attention_jits.pick(adapter.params) if jit else _attention_impl),
+                (adapter, batch), common)
+    return ((_attribute_jits.pick(adapter.params) if jit else _attribute_impl),
+            (adapter, batch, baseline),
             dict(common, method=method, method_kwargs=method_kwargs, n_dropout=n_dropout,
-                 dropout_seed=dropout_seed, layer=layer, split_head=split_head))
+                 dropout_seed=dropout_seed, layer=layer, split_head=split_head,
+                 method_arrays=method_arrays))
 
 
 def compiled_attribute(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, **kw):
     """Lower and compile the pipeline for ``batch`` without running it (the
     ``jax.stages.Compiled`` object: ``memory_analysis()``, ``cost_analysis()``).
 
-    Always the one-pass program: with prefix groups (``prefix_groups``, ignored here) each
-    group's program is smaller, so its memory is an upper bound of theirs."""
-    kw.pop("prefix_groups", None)
+    The one-pass program: with prefix groups (``prefix_groups`` an int or ``"auto"``, ignored
+    here) each group's program is smaller, so its memory is an upper bound of theirs. With
+    ``prefix_groups="exact"``, the program with exact causal truncation."""
+    exact = kw.pop("prefix_groups", None) == "exact"
     fn, args, kwargs = _call(adapter, batch, baseline, jit=True, **kw)
+    if exact:
+        _check_exact(adapter, batch, baseline, method=kw["method"], target_fn=kw["target_fn"],
+                     step_fns=kw.get("step_fns", ()), n_dropout=kw.get("n_dropout", 0),
+                     layer=kw.get("layer"))
+        kwargs["causal_chunks"] = exact_plan(batch)
     return fn.lower(*args, **kwargs).compile()

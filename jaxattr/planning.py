@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Optional
+from typing import Optional
 
 import jax
 import numpy as np
@@ -25,9 +25,11 @@ from .methods._common import check_finite, count
 from .methods.needs import needs_of
 from .methods.quadrature import QUADRATURE_RULES
 from .pipeline import ATTENTION_METHODS, ROLLOUT_ENC_DEC_ERROR, resolve_layer, split_kwargs
+from .value_zeroing import VALUE_ZEROING_ENC_DEC_ERROR
 from .prefix_groups import check_prefix_groups
 from .spec import PreparedRun, RunSpec, fn_name, hashable
 from .targets import get_target, target_needs
+from .text_generation import encode_generated
 
 __all__ = ["prepare_run", "resolve_method", "check_options", "BASELINES", "GENERATION_ARGS"]
 
@@ -55,6 +57,8 @@ def resolve_method(adapter, method, layer) -> tuple:
             raise ValueError(f"`layer` does not apply to method={method!r}.")
         if method == "attention_rollout" and adapter.is_encoder_decoder:
             raise ValueError(ROLLOUT_ENC_DEC_ERROR)
+        if method == "value_zeroing" and adapter.is_encoder_decoder:
+            raise ValueError(VALUE_ZEROING_ENC_DEC_ERROR)
         return method, None
     if isinstance(method, str) and method not in list_methods():
         raise ValueError(
@@ -144,7 +148,16 @@ def _baseline(adapter, spec: RunSpec, baseline, seqs) -> tuple:
     """``(baseline_ids_kind, custom)`` for a method that takes a baseline: ``custom`` is a
     checked array, or a :class:`~jaxattr.baselines.BaselineSet` (gradient SHAP's set)."""
     method_fn = spec.method
-    if method_fn in ATTENTION_METHODS or not needs_of(method_fn).baseline:
+    if method_fn in ATTENTION_METHODS:
+        return None, None
+    needs = needs_of(method_fn)
+    if "baseline_ids" in needs.token_inputs:  # DIG: the path ends at a token
+        if not (isinstance(baseline, str) and baseline in ("unk", "pad")):
+            raise ValueError(f"method={fn_name(method_fn)!r} needs baseline tokens: "
+                             "baseline='unk' (default) or 'pad', not zeros or an array (its "
+                             "path ends at a word of the vocabulary).")
+        return baseline, None
+    if not needs.baseline:
         return None, None
     if is_baseline_set(baseline):  # gradient SHAP's distribution of baselines
         custom, kind = plan_baseline_set(adapter, baseline, method_fn, seqs,
@@ -235,6 +248,10 @@ def _spec(model, a: dict, kwargs: dict) -> tuple:
     target_fn = get_target(a["attributed_fn"])
     step_targets = [(fn_name(s), get_target(s)) for s in a["step_scores"]]
     routed = _route(kwargs, method_fn, target_fn, step_targets)
+    if (method_fn not in ATTENTION_METHODS and "special_ids" in needs_of(method_fn).options
+            and "special_ids" not in routed.get("method", {})):
+        routed.setdefault("method", {})["special_ids"] = tuple(
+            sorted(set(model.tokenizer.all_special_ids)))
     has_contrast = a["contrast_targets"] is not None or a["contrast_sources"] is not None
     step_fns, contrast_forward, n_dropout = _target_plan(
         a["attributed_fn"], a["step_scores"], routed, has_contrast=has_contrast,
@@ -264,8 +281,8 @@ def prepare_run(model, input_texts, generated_texts, **a) -> PreparedRun:
     texts = _as_list(input_texts, "input_texts")
     span = dict(attr_pos_start=a["attr_pos_start"], attr_pos_end=a["attr_pos_end"])
     if generated_texts is None:
-        seqs = model._encode_generated(texts, batch_size=a["batch_size"],
-                                       generation_args=a["generation_args"], **span)
+        seqs = encode_generated(model, texts, batch_size=a["batch_size"],
+                                generation_args=a["generation_args"], **span)
     else:
         seqs = model.encode(texts, generated_texts, **span)
     check_exact_length(model, seqs)
@@ -288,4 +305,22 @@ def prepare_run(model, input_texts, generated_texts, **a) -> PreparedRun:
         mesh=mesh,
         pad_id=model.pad_token_id, max_positions=model.max_positions,
         baseline_token=model.pad_token_id if token is None else int(token),
-        special_ids=tuple(sorted(set(tok.all_special_ids))))
+        special_ids=tuple(sorted(set(tok.all_special_ids))),
+        method_arrays=method_arrays(model, spec))
+
+
+def method_arrays(model, spec: RunSpec):
+    """Array keywords a method declares that come from the model, not the batch: DIG's
+    neighbour lists ``knn`` per attributed side, computed on the device once per embedding
+    table and cached (:mod:`jaxattr.knn_cache`). ``None`` for other methods."""
+    if spec.method in ATTENTION_METHODS or "knn" not in needs_of(spec.method).token_inputs:
+        return None
+    given = dict(spec.method_kwargs)
+    from .knn_cache import cached_knn_graph
+    from .pipeline import vocabulary_table
+    default = inspect.signature(spec.method).parameters["n_neighbors"].default
+    n_neighbors = given.get("n_neighbors", default)
+    sides = [s for s, on in (("source", spec.attribute_source),
+                             ("target", spec.attribute_target)) if on]
+    return {"knn": {side: cached_knn_graph(vocabulary_table(model.adapter, side), n_neighbors)
+                    for side in sides}}

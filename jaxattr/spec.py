@@ -82,10 +82,11 @@ class RunSpec:
         return out
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class PreparedRun:
     """An ``attribute`` call prepared on the host: the :class:`RunSpec`, the tokenised
-    sequences, and how they form padded batches (:meth:`batch`).
+    sequences, and how they form padded batches (:meth:`batch`). Frozen; compared by
+    identity (it holds arrays and the run's ``info`` dict; compare ``.spec`` instead).
 
     Attributes:
       spec: the hashable run description.
@@ -100,6 +101,10 @@ class PreparedRun:
       pad_id, max_positions: padding token and position limit of the model.
       baseline_token, special_ids: the token whose embedding forms an id-based baseline,
         and the special tokens it leaves as they are.
+      method_arrays: array keywords of the method computed once per model, not per batch
+        (DIG's cached neighbour lists ``{"knn": {side: [V, K]}}``), passed to
+        :func:`~jaxattr.pipeline.attribute_batch` as ``method_arrays``; ``None``: none
+        (DIG then builds its neighbour lists inside the program).
     """
     spec: RunSpec
     seqs: tuple
@@ -114,6 +119,7 @@ class PreparedRun:
     max_positions: Optional[int]
     baseline_token: int
     special_ids: tuple
+    method_arrays: Any = None
 
     @property
     def n_batches(self) -> int:

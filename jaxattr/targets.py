@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from .methods import deeplift_rules as rules
 from .methods.separable import separable
 
 __all__ = ["TargetBatch", "logit", "probability", "logprob", "entropy", "crossentropy",
@@ -91,7 +92,8 @@ def _gather(values: jax.Array, ids: jax.Array) -> jax.Array:
 
 
 def _log_softmax(logits: jax.Array) -> jax.Array:
-    return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    # DeepLIFT's rules apply when the forward runs paired with a reference (method="deeplift")
+    return rules.log_softmax(logits.astype(jnp.float32), axis=-1)
 
 
 def _contrast_run(batch: TargetBatch, logits: jax.Array, name: str):
@@ -198,7 +200,7 @@ def probability(logits: jax.Array, batch: TargetBatch, *, logprob: bool = False)
     """Probability of the target token ``softmax(z)[y]`` (``log_softmax(z)[y]`` when
     ``logprob=True``). Computed in float32. Returns ``[B, T]``."""
     lp = _gather(_log_softmax(logits), batch.target_ids)
-    return lp if logprob else jnp.exp(lp)
+    return lp if logprob else rules.exp(lp)
 
 
 @_needs()

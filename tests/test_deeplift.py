@@ -1,4 +1,6 @@
-"""DeepLIFT, Captum-compatible mode: the formula, and equality with Inseq 0.7.1's records.
+"""DeepLIFT: the Captum-compatible mode (formula, equality with Inseq 0.7.1's records) here;
+the rescale rule (hand-computed cases, summation-to-delta on the native family, layer
+DeepLIFT) in ``test_deeplift_rescale.py``.
 
 ``benchmarks/inseq_side/inseq_deeplift.npz`` is made by ``run_inseq_deeplift.py`` in the side
 environment (Inseq 0.7.1, Captum 0.9) on the tiny checkpoints of ``test_inseq_reference.py``.
@@ -27,13 +29,14 @@ def test_formula_on_a_function_with_known_gradient():
     def f(z):  # two outputs: linear and quadratic; gradients w and 2z
         return jnp.stack([w @ z, (z ** 2).sum()])
 
-    np.testing.assert_allclose(deeplift(f, x, b), np.stack([w * (x - b), 2 * x * (x - b)]),
-                               rtol=1e-6)
-    np.testing.assert_allclose(deeplift(f, x, b, multiply_by_inputs=False),
+    np.testing.assert_allclose(deeplift(f, x, b, mode="captum"),
+                               np.stack([w * (x - b), 2 * x * (x - b)]), rtol=1e-6)
+    np.testing.assert_allclose(deeplift(f, x, b, multiply_by_inputs=False, mode="captum"),
                                np.stack([w, 2 * x]), rtol=1e-6)
-    np.testing.assert_allclose(deeplift(f, x), np.stack([w * x, 2 * x * x]), rtol=1e-6)
-    with pytest.raises(ValueError, match="rule='rescale' is not implemented"):
-        deeplift(f, x, b, rule="rescale")
+    np.testing.assert_allclose(deeplift(f, x, mode="captum"), np.stack([w * x, 2 * x * x]),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="mode='shapley' is not a DeepLIFT mode"):
+        deeplift(f, x, b, mode="shapley")
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +53,8 @@ def models():
 
 
 CALLS = {
-    "gpt2/deeplift": dict(method="deeplift"),
-    "marian_fixedscale/deeplift": dict(method="deeplift", attribute_target=True),
+    "gpt2/deeplift": dict(method="deeplift", mode="captum"),
+    "marian_fixedscale/deeplift": dict(method="deeplift", mode="captum", attribute_target=True),
 }
 
 
@@ -84,10 +87,15 @@ def test_batch_invariance(reference, models):
     _, calls = reference
     call = calls["gpt2/deeplift"]
     batched = models["gpt2"].attribute(call["input_texts"], call["generated_texts"],
-                                       method="deeplift")
+                                       method="deeplift", mode="captum")
     for i in (0, 2):
         alone = models["gpt2"].attribute(call["input_texts"][i], call["generated_texts"][i],
-                                         method="deeplift")[0]
+                                         method="deeplift", mode="captum")[0]
         a, b = batched[i].target_attributions, alone.target_attributions
         np.testing.assert_array_equal(np.isnan(a), np.isnan(b))
         assert _rel(a, b) <= 1e-5
+
+
+def test_rescale_on_a_transformers_model_names_the_fix(models):
+    with pytest.raises(ValueError, match="mode='captum'.*or a native model"):
+        models["gpt2"].attribute("The cat", "The cat sat", method="deeplift")

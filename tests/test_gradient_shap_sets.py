@@ -94,3 +94,15 @@ def test_sets_are_validated_before_tracing_for_encoder_decoder(marian):
         marian.attribute("Kim has a red ball", "Sam has a blue cup", method="gradient_shap",
                          attribute_target=True, show_progress=False,
                          baseline=jnp.zeros((2, 6, marian.config.d_model)))
+
+
+def test_prefix_groups_with_a_shared_set_give_the_one_pass_numbers(gpt2):
+    """A shared set has no position axis, so generated tokens may be attributed in prefix
+    groups (each on its own shorter prefix): the same numbers as one pass."""
+    v = np.linspace(-0.3, 0.3, gpt2.config.n_embd, dtype=np.float32)
+    kw = dict(baseline=["unk", v], n_samples=2, stdevs=0.2, **KW)
+    one = gpt2.attribute(PROMPTS[0], FULL[0], prefix_groups=1, **kw)
+    grouped = gpt2.attribute(PROMPTS[0], FULL[0], prefix_groups=2, **kw)
+    a, b = _rows(one)[0], _rows(grouped)[0]
+    assert np.abs(a).max() > 0
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * np.abs(a).max())

@@ -76,7 +76,12 @@ def test_captured_sites_are_the_models_own_values(arch):
                 if stack == "decoder":
                     parts = parts + cap[b + "cross_attn_out"]
                 _close(cap[b + "resid_post"], parts, 1e-4)
-            assert cap[b + "head_out"].shape[2] == attentions[layer].shape[1]
+            heads = cap[b + "head_out"]
+            assert heads.shape[2] == attentions[layer].shape[1]
+            # the value site: each head's output is its pattern times the values
+            v = cap[b + "value"].reshape(heads.shape[:2] + (-1, heads.shape[3]))
+            v = jnp.repeat(v, heads.shape[2] // v.shape[2], axis=2)
+            _close(jnp.einsum("bhqk,bkhd->bqhd", attentions[layer], v), heads, 1e-4)
         _close(cap[f"{p}embed"], ad.embed(kw["source_ids" if stack == "encoder" else
                                               "target_ids"],
                                           side="encoder" if stack == "encoder" else "decoder"))

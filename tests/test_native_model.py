@@ -43,7 +43,7 @@ def _run(fns, ids, mask, capture=(), delta=None):
 def test_sites_and_captures_fit_together():
     model = _model("llama")
     fns, spec = model.adapter, model.adapter.spec
-    assert fns.sites() == site_names(3, kinds=("resid_pre", "attn_pattern", "head_out",
+    assert fns.sites() == site_names(3, kinds=("resid_pre", "value", "attn_pattern", "head_out",
                                                 "attn_out", "mlp_out", "resid_post"))
     ids, mask = _batch(model)
     out = _run(fns, ids, mask, capture=("*",))

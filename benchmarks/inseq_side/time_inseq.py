@@ -6,6 +6,7 @@ Run in the SIDE env, normally by benchmarks/side_by_side.py:
     /work/inseq-venv/bin/python benchmarks/inseq_side/time_inseq.py SPEC.json --serve  # server
 
 SPEC.json: {"model_dir": ..., "prompts": [...], "generated": [...], "batch_size": 8,
+            "load_method": "saliency" (optional: the method inseq.load_model gets),
             "runs": [{"method": "saliency", "kwargs": {...}, "n_prompts": 8, "repeats": 3}]}
 
 Batch mode: for each run, the first call (``first_s``) and ``repeats`` more (``times_s``,
@@ -46,7 +47,8 @@ def main(spec_path, serve=False):
     import inseq
 
     t0 = time.perf_counter()
-    model = inseq.load_model(spec["model_dir"], "saliency")
+    # "load_method": the method the model is loaded with (DIG builds its kNN graph then)
+    model = inseq.load_model(spec["model_dir"], spec.get("load_method", "saliency"))
     load_s = time.perf_counter() - t0
     info = {"torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "load_s": load_s}

@@ -112,7 +112,11 @@ class ModelAdapter(struct.PyTreeNode):
                           "attn_out": (sp.attn, "out"), "mlp_out": (sp.mlp, "out"),
                           "cross_attn_out": (sp.cross, "out"),
                           "head_out": (sp.out_proj, "in"),
+                          "value": (sp.value, "out"),
                           "final_norm": (sp.final_norm, "out")}[site.kind]
+            if site.kind == "value" and sp.value_layout != "plain":
+                # the values are a part of a fused projection's output
+                mode = f"out:{sp.value_layout}:{int(getattr(self.hf_model.config, sp.n_heads))}"
             if site.kind == "head_out":
                 heads[name] = int(getattr(self.hf_model.config, sp.n_heads))
             plan.setdefault(path.format(l=site.layer), []).append((name, mode))

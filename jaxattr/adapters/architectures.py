@@ -18,6 +18,9 @@ site                    module
 ``mlp_out``             the MLP's output as added (BART-likes, OPT, XGLM: ``fc2``; Bloom:
                         ``dense_4h_to_h``, before the residual addition in its MLP)
 ``head_out``            the input of the attention output projection, split into heads
+``value``               the self-attention's value projection output (``v_proj``; T5 ``v``;
+                        the value third of GPT-2's fused ``c_attn``; Bloom's fused
+                        ``query_key_value``, per head ``[q | k | v]``)
 ``cross_attn_out``      the decoder's cross-attention output (``encoder_attn``,
                         T5 ``EncDecAttention``)
 ``attn_pattern``        the model's own attention weights (``output_attentions``)
@@ -50,6 +53,9 @@ class StackPaths:
       n_layers, n_heads: config attribute names of the block and head counts.
       block, attn, mlp: block, self-attention (output as added) and MLP (output as added).
       out_proj: the attention output projection (its input is ``head_out``).
+      value: the module whose output holds the self-attention value vectors.
+      value_layout: ``"plain"`` (the output is the values), ``"qkv"`` (``[q | k | v]`` along
+        the features, GPT-2) or ``"qkv_per_head"`` (``[heads, q | k | v]``, Bloom).
       cross: the cross-attention module (decoder stack of encoder-decoder models).
       final_norm: encoder stacks only: the module whose output is ``encoder.final_norm``.
       attentions: the model output field holding this stack's attention weights.
@@ -60,6 +66,8 @@ class StackPaths:
     attn: str
     mlp: str
     out_proj: str
+    value: str = ""
+    value_layout: str = "plain"
     attentions: str = "attentions"
     cross: Optional[str] = None
     final_norm: Optional[str] = None
@@ -80,10 +88,11 @@ class Architecture:
     head: str = "lm_head"
 
 
-def _decoder(prefix, *, n_layers, n_heads, attn, mlp, out_proj):
+def _decoder(prefix, *, n_layers, n_heads, attn, mlp, out_proj, value, value_layout="plain"):
     return StackPaths(n_layers=n_layers, n_heads=n_heads, block=prefix + "/{l}",
                       attn=prefix + "/{l}/" + attn, mlp=prefix + "/{l}/" + mlp,
-                      out_proj=prefix + "/{l}/" + out_proj)
+                      out_proj=prefix + "/{l}/" + out_proj, value=prefix + "/{l}/" + value,
+                      value_layout=value_layout)
 
 
 def _bart_like(encoder_norm: bool) -> Architecture:
@@ -92,6 +101,7 @@ def _bart_like(encoder_norm: bool) -> Architecture:
         return StackPaths(
             n_layers=f"{side}_layers", n_heads=f"{side}_attention_heads", block=p,
             attn=p + "/self_attn", mlp=p + "/fc2", out_proj=p + "/self_attn/out_proj",
+            value=p + "/self_attn/v_proj",
             attentions=f"{side}_attentions",
             cross=p + "/encoder_attn" if side == "decoder" else None,
             final_norm="model/encoder/layer_norm" if side == "encoder" and encoder_norm else None)
@@ -105,7 +115,8 @@ def _t5() -> Architecture:
             n_layers="num_layers" if side == "encoder" else "num_decoder_layers",
             n_heads="num_heads", block=p, attn=p + "/layer/0/SelfAttention",
             mlp=p + ("/layer/1" if side == "encoder" else "/layer/2") + "/DenseReluDense",
-            out_proj=p + "/layer/0/SelfAttention/o", attentions=f"{side}_attentions",
+            out_proj=p + "/layer/0/SelfAttention/o", value=p + "/layer/0/SelfAttention/v",
+            attentions=f"{side}_attentions",
             cross=p + "/layer/1/EncDecAttention" if side == "decoder" else None,
             final_norm="encoder/final_layer_norm" if side == "encoder" else None)
     return Architecture(stacks=(("encoder", stack("encoder")), ("decoder", stack("decoder"))))
@@ -113,28 +124,30 @@ def _t5() -> Architecture:
 
 _LLAMA = Architecture(stacks=((None, _decoder(
     "model/layers", n_layers="num_hidden_layers", n_heads="num_attention_heads",
-    attn="self_attn", mlp="mlp", out_proj="self_attn/o_proj")),))
+    attn="self_attn", mlp="mlp", out_proj="self_attn/o_proj", value="self_attn/v_proj")),))
 
 ARCHITECTURES: dict[str, Architecture] = {
     "FlaxGPT2LMHeadModel": Architecture(stacks=((None, _decoder(
         "transformer/h", n_layers="n_layer", n_heads="n_head", attn="attn", mlp="mlp",
-        out_proj="attn/c_proj")),)),
+        out_proj="attn/c_proj", value="attn/c_attn", value_layout="qkv")),)),
     "FlaxGPTNeoForCausalLM": Architecture(stacks=((None, _decoder(
         "transformer/h", n_layers="num_layers", n_heads="num_heads", attn="attn", mlp="mlp",
-        out_proj="attn/attention/out_proj")),)),
+        out_proj="attn/attention/out_proj", value="attn/attention/v_proj")),)),
     "FlaxGPTJForCausalLM": Architecture(stacks=((None, _decoder(
         "transformer/h", n_layers="n_layer", n_heads="n_head", attn="attn", mlp="mlp",
-        out_proj="attn/out_proj")),)),
+        out_proj="attn/out_proj", value="attn/v_proj")),)),
     "FlaxOPTForCausalLM": Architecture(stacks=((None, _decoder(
         "model/decoder/layers", n_layers="num_hidden_layers", n_heads="num_attention_heads",
-        attn="self_attn", mlp="fc2", out_proj="self_attn/out_proj")),)),
+        attn="self_attn", mlp="fc2", out_proj="self_attn/out_proj",
+        value="self_attn/v_proj")),)),
     "FlaxBloomForCausalLM": Architecture(stacks=((None, _decoder(
         "transformer/h", n_layers="n_layer", n_heads="n_head",
         attn="self_attention/resid_dropout", mlp="mlp/dense_4h_to_h",
-        out_proj="self_attention/dense")),)),
+        out_proj="self_attention/dense", value="self_attention/query_key_value",
+        value_layout="qkv_per_head")),)),
     "FlaxXGLMForCausalLM": Architecture(stacks=((None, _decoder(
         "model/layers", n_layers="num_layers", n_heads="attention_heads", attn="self_attn",
-        mlp="fc2", out_proj="self_attn/out_proj")),)),
+        mlp="fc2", out_proj="self_attn/out_proj", value="self_attn/v_proj")),)),
     "FlaxLlamaForCausalLM": _LLAMA,
     "FlaxMistralForCausalLM": _LLAMA,
     "FlaxGemmaForCausalLM": _LLAMA,

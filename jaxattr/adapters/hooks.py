@@ -56,9 +56,14 @@ class SiteState:
         self.hit: set = set()
         self.called: list = []
 
-    def apply(self, name: str, value: jax.Array) -> jax.Array:
+    def apply(self, name: str, value: jax.Array, view: str = "out") -> jax.Array:
         """Original value -> ``patch`` -> ``+ delta`` -> captured; returned in the module's
-        own layout."""
+        own layout. ``view`` ``"out:qkv:<heads>"`` / ``"out:qkv_per_head:<heads>"``: the site
+        is the value part of a fused query-key-value projection's output (GPT-2 / Bloom)."""
+        if view.count(":") == 2:
+            _, layout, heads = view.split(":")
+            return _value_view(value, layout, int(heads),
+                               lambda part: self.apply(name, part))
         self.hit.add(name)
         shape = value.shape
         if not is_raw_path(name):
@@ -98,11 +103,27 @@ def site_interceptor(state: SiteState, head_path: str):
                                                                     kwargs["hidden_states"]))
         out = next_fun(*args, **kwargs)
         for name, mode in todo:
-            if mode == "out":
-                first = state.apply(name, out[0] if isinstance(out, tuple) else out)
+            if mode.startswith("out"):
+                first = state.apply(name, out[0] if isinstance(out, tuple) else out, mode)
                 out = (first,) + tuple(out[1:]) if isinstance(out, tuple) else first
         return out
     return interceptor
+
+
+def _value_view(fused: jax.Array, layout: str, heads: int, fn: Callable) -> jax.Array:
+    """``fused`` with its value part ``v [..., heads*d_head]`` replaced by ``fn(v)``.
+
+    ``"qkv"``: ``[q | k | v]`` along the last axis (GPT-2's ``c_attn``); ``"qkv_per_head"``:
+    ``[heads, q | k | v]`` (Bloom's ``query_key_value``)."""
+    lead = fused.shape[:-1]
+    if layout == "qkv":
+        q_k, v = jnp.split(fused, [2 * fused.shape[-1] // 3], axis=-1)
+        return jnp.concatenate([q_k, fn(v).astype(fused.dtype)], axis=-1)
+    per_head = fused.reshape(lead + (heads, -1))
+    d = per_head.shape[-1] // 3
+    v = fn(per_head[..., 2 * d:].reshape(lead + (heads * d,))).astype(fused.dtype)
+    return jnp.concatenate([per_head[..., :2 * d], v.reshape(lead + (heads, d))],
+                           axis=-1).reshape(fused.shape)
 
 
 def embedding_interceptor(roles: dict, replacements: dict, embed_scale: float,

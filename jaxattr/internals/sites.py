@@ -6,6 +6,8 @@ module paths::
 
     embed                          attributed token embeddings            [B, L, H]
     blocks.{l}.resid_pre           residual stream entering block l       [B, L, H]
+    blocks.{l}.value               self-attention value vectors, all
+                                   (key-value) heads side by side         [B, L, kv_heads*d_head]
     blocks.{l}.attn_out            attention sublayer output, as added    [B, L, H]
     blocks.{l}.mlp_out             MLP sublayer output, as added          [B, L, H]
     blocks.{l}.resid_post          residual stream leaving block l        [B, L, H]
@@ -38,7 +40,7 @@ __all__ = ["Site", "SiteError", "BLOCK_KINDS", "CAPTURE_ONLY", "parse_site", "si
            "resolve_sites", "is_raw_path", "summarize"]
 
 #: Per-block site kinds in their canonical order.
-BLOCK_KINDS = ("resid_pre", "attn_pattern", "head_out", "attn_out", "cross_attn_out",
+BLOCK_KINDS = ("resid_pre", "value", "attn_pattern", "head_out", "attn_out", "cross_attn_out",
                "mlp_out", "resid_post")
 #: Kinds that can be captured but not patched or given a delta.
 CAPTURE_ONLY = frozenset({"attn_pattern"})

@@ -4,12 +4,15 @@ Nothing here imports transformers or flax: every method works on any JAX functio
 """
 from ._vjp import per_output_grads
 from .attention_rollout import attention_rollout
-from .deeplift import DEEPLIFT_RULES, deeplift
+from . import deeplift_rules
+from .deeplift import DEEPLIFT_MODES, DEEPLIFT_RULES, deeplift
+from .discretized_integrated_gradients import dig_paths, discretized_integrated_gradients
 from .gradient import input_x_gradient, saliency
 from .gradient_shap import gradient_shap
 from .integrated_gradients import integrated_gradients
 from .lime import lime
 from .needs import MethodNeeds, declare, needs_of
+from .reagent import reagent
 from .noise_tunnel import NOISE_TUNNEL_TYPES, noise_tunnel, smoothgrad, smoothgrad_sq, vargrad
 from .occlusion import occlusion
 from .quadrature import QUADRATURE_RULES, quadrature
@@ -21,7 +24,9 @@ __all__ = ["per_output_grads", "step_separable", "separable", "is_separable", "s
            "gradient_shap", "sequential_integrated_gradients", "occlusion",
            "smoothgrad", "smoothgrad_sq", "vargrad", "noise_tunnel", "NOISE_TUNNEL_TYPES",
            "quadrature", "QUADRATURE_RULES", "METHODS", "get_method", "attention_rollout",
-           "deeplift", "DEEPLIFT_RULES", "lime", "MethodNeeds", "declare", "needs_of"]
+           "deeplift", "DEEPLIFT_MODES", "DEEPLIFT_RULES", "deeplift_rules", "lime",
+           "MethodNeeds", "declare", "needs_of", "discretized_integrated_gradients",
+           "dig_paths", "reagent"]
 
 METHODS = {
     "saliency": saliency,
@@ -36,6 +41,8 @@ METHODS = {
     "vargrad": vargrad(saliency),
     "deeplift": deeplift,
     "lime": lime,
+    "discretized_integrated_gradients": discretized_integrated_gradients,
+    "reagent": reagent,
 }
 
 

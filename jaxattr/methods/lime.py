@@ -10,7 +10,43 @@ import jax.numpy as jnp
 from ._common import as_key, chunked_map, count, plain, resolve_baseline, token_axes
 from .needs import declare
 
-__all__ = ["lime"]
+__all__ = ["lime", "weighted_ridge", "SIMILARITIES"]
+
+#: Sample weights of the surrogate fit: ``"uniform"`` (every sample 1) or ``"count"``
+#: (the number of input elements a sample leaves unchanged: kept positions times their
+#: features, Inseq's/Captum's ``token_similarity_kernel``).
+SIMILARITIES = ("uniform", "count")
+
+
+def weighted_ridge(design: jax.Array, y: jax.Array, weights: jax.Array,
+                   alpha: float) -> tuple[jax.Array, jax.Array]:
+    """Ridge regression with a free intercept and sample weights, batched.
+
+    Minimises ``Σ_s w_s (y_s − β_0 − design_s · β)² + alpha ‖β‖²`` for ``design[..., S, N]``,
+    ``y[..., S, T]``, ``weights[..., S]``: the data are centred by their weighted means and
+    scaled by ``√w`` (scikit-learn's ``Ridge(alpha).fit(X, y, sample_weight=w)``), then the
+    normal equations are solved in the smaller of the two forms (``N × N``, or ``S × S``
+    through ``(AᵀA + αI)⁻¹Aᵀ = Aᵀ(AAᵀ + αI)⁻¹`` when there are more features than samples).
+
+    Returns:
+      ``(coef [..., N, T], intercept [..., T])``.
+    """
+    w = weights.astype(y.dtype)
+    wsum = w.sum(-1)[..., None]
+    x_mean = jnp.einsum("...s,...sn->...n", w, design) / wsum
+    y_mean = jnp.einsum("...s,...st->...t", w, y) / wsum
+    sw = jnp.sqrt(w)[..., None]
+    A = (design - x_mean[..., None, :]) * sw
+    b = (y - y_mean[..., None, :]) * sw
+    S, N = A.shape[-2:]
+    if N <= S:
+        gram = jnp.einsum("...si,...sj->...ij", A, A) + alpha * jnp.eye(N, dtype=A.dtype)
+        coef = jnp.linalg.solve(gram, jnp.einsum("...si,...st->...it", A, b))
+    else:
+        kern = jnp.einsum("...si,...ri->...sr", A, A) + alpha * jnp.eye(S, dtype=A.dtype)
+        coef = jnp.einsum("...si,...st->...it", A, jnp.linalg.solve(kern, b))
+    intercept = y_mean - jnp.einsum("...n,...nt->...t", x_mean, coef)
+    return coef, intercept
 
 _tmap = jax.tree_util.tree_map
 
@@ -24,6 +60,7 @@ def lime(
     n_samples: int = 64,
     keep_probability: float = 0.5,
     alpha: float = 1.0,
+    similarity: str = "uniform",
     key: Any = 0,
     position_mask: Any = None,
     token_axis: int = -2,
@@ -37,8 +74,9 @@ def lime(
     keep_probability``; position ``n`` keeps ``x`` where ``z_n = 1`` and takes the baseline
     (through ``model.attribute``: the UNK/PAD embedding, special tokens kept) where ``z_n = 0``.
     Every output ``t`` is then regressed on ``z``: ``s_t ≈ β_0 + Σ_n β_n z_n`` with ridge
-    penalty ``alpha`` on ``β_n`` (not on the intercept) and uniform sample weights (no
-    similarity kernel). All samples of all examples are one vmapped program (chunked by
+    penalty ``alpha`` on ``β_n`` (not on the intercept; :func:`weighted_ridge`) and sample
+    weights ``similarity``: uniform by default, or ``"count"``, the number of input elements
+    the sample leaves unchanged (Inseq's ``token_similarity_kernel``). All samples of all examples are one vmapped program (chunked by
     ``internal_batch_size``). A score that is linear in ``z`` gets its exact coefficients as
     ``alpha → 0``.
 
@@ -53,6 +91,7 @@ def lime(
       n_samples: masked inputs per example.
       keep_probability: probability that a position keeps its token, in ``(0, 1)``.
       alpha: ridge penalty (``> 0``).
+      similarity: ``"uniform"`` or ``"count"`` sample weights (:data:`SIMILARITIES`).
       key: seed, PRNG key, or one key per example (``[B]``); example ``b``'s masks come from
         its own key only, so an example gets the same masks alone and in any batch.
       position_mask: like ``x`` with the token axis only (``[B, L]`` per leaf), 1 at real
@@ -70,6 +109,8 @@ def lime(
         raise ValueError(f"keep_probability must be in (0, 1), got {keep_probability!r}.")
     if not float(alpha) > 0.0:
         raise ValueError(f"alpha (the ridge penalty) must be > 0, got {alpha!r}.")
+    if similarity not in SIMILARITIES:
+        raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}.")
     baseline = resolve_baseline(x, baseline)
     plain_fn = plain(score_fn, has_aux)
     out = score_fn(x)
@@ -118,12 +159,14 @@ def lime(
     y = chunked_map(sample_scores, zs, internal_batch_size)  # [S, B, T]
     design = jnp.concatenate([z & m[None] for z, m in zip(zs, pmask)], -1)  # [S, B, N]
     design = jnp.moveaxis(design.astype(y.dtype), 0, 1)  # [B, S, N]
-    A = jnp.concatenate([design, jnp.ones(design.shape[:2] + (1,), y.dtype)], -1)
-    n_all = design.shape[-1]
-    penalty = alpha * jnp.diag(jnp.concatenate([jnp.ones(n_all), jnp.zeros(1)])).astype(y.dtype)
-    gram = jnp.einsum("bsi,bsj->bij", A, A) + penalty
-    rhs = jnp.einsum("bsi,sbt->bit", A, y)
-    coef = jnp.linalg.solve(gram, rhs)[:, :n_all]  # [B, N, T]
+    if similarity == "count":  # unchanged elements: kept real positions x their features
+        feats = jnp.concatenate([jnp.full((n,), math.prod(leaf.shape[ax + 1:]), y.dtype)
+                                 for leaf, ax, n in zip(leaves, axes,
+                                                        [m.shape[1] for m in pmask])])
+        weights = design @ feats  # [B, S]
+    else:
+        weights = jnp.ones(design.shape[:2], y.dtype)
+    coef, _ = weighted_ridge(design, jnp.moveaxis(y, 0, 1), weights, alpha)  # [B, N, T]
     coef = coef * jnp.concatenate(pmask, -1)[..., None]
     attrs, offset = [], 0
     for leaf, ax in zip(leaves, axes):

@@ -20,11 +20,18 @@ import dataclasses
 import inspect
 from typing import Any, Callable
 
-__all__ = ["MethodNeeds", "declare", "needs_of", "CALLER_KEYWORDS"]
+__all__ = ["MethodNeeds", "declare", "needs_of", "CALLER_KEYWORDS", "TOKEN_INPUTS"]
+
+#: Token-level inputs a caller with a model supplies (read from these parameter names):
+#: ``token_ids`` / ``baseline_ids`` ``{side: [B, L]}``, ``vocabulary`` ``{side: [V, H]}``,
+#: ``knn`` (DIG's cached neighbour lists), ``logits_fn`` (``x -> [B, T, V]``),
+#: ``target_ids`` ``[B, T]``, ``visible`` ``{side: [B, T, L]}``.
+TOKEN_INPUTS = frozenset({"token_ids", "baseline_ids", "vocabulary", "knn", "logits_fn",
+                          "target_ids", "visible"})
 
 #: Keywords the caller sets itself; never user options of a method.
 CALLER_KEYWORDS = frozenset({"has_aux", "baseline", "position_mask",
-                             "return_convergence_delta"})
+                             "return_convergence_delta"}) | TOKEN_INPUTS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +48,8 @@ class MethodNeeds:
       key_default: the key (or integer seed) used when the caller gives none.
       position_mask: takes ``position_mask=`` (1 real token / 0 padding per attributed side),
         for methods whose result depends on which positions exist (LIME's regression).
+      token_inputs: which of :data:`TOKEN_INPUTS` it takes (DIG, ReAGent: their inputs
+        run through the vocabulary).
       options: keyword options a user may set through ``model.attribute(**kwargs)``.
     """
     baseline: bool = False
@@ -49,6 +58,7 @@ class MethodNeeds:
     key: bool = False
     key_default: Any = 0
     position_mask: bool = False
+    token_inputs: frozenset = frozenset()
     options: frozenset = frozenset()
 
     @classmethod
@@ -64,6 +74,7 @@ class MethodNeeds:
                    key=key is not None,
                    key_default=0 if key is None or key.default is key.empty else key.default,
                    position_mask="position_mask" in params,
+                   token_inputs=frozenset(set(params) & TOKEN_INPUTS),
                    options=frozenset(keywords - CALLER_KEYWORDS))
 
 

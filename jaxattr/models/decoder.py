@@ -21,20 +21,30 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
+from ..methods import deeplift_rules as rules
 from .rope import apply_rope, rope_tables
 from .spec import DecoderSpec
 
 __all__ = ["rms_norm", "lookup", "head_logits", "hidden_states", "NO_WINDOW"]
 
 NO_WINDOW = 2 ** 30
-_ACT = {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-        "gelu": lambda x: jax.nn.gelu(x, approximate=False), "relu": jax.nn.relu}
+# Every nonlinearity goes through jaxattr.methods.deeplift_rules: the plain operation, and
+# DeepLIFT's rules when the forward runs paired with a reference (method="deeplift").
+_ACT = {"silu": rules.silu, "gelu_tanh": rules.gelu_tanh, "gelu": rules.gelu,
+        "relu": rules.relu}
+
+
+def _einsum(spec: str):
+    return lambda a, b: jnp.einsum(spec, a, b)
 
 
 def rms_norm(x: jax.Array, w: jax.Array, spec: DecoderSpec) -> jax.Array:
     """RMSNorm over the last axis in float32, in the family's variant (``spec.norm_style``)."""
     xf = x.astype(jnp.float32)
-    n = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + spec.norm_eps)
+    ms = jnp.mean(rules.product(jnp.multiply, xf, xf), axis=-1, keepdims=True)
+    n = rules.product(jnp.multiply, xf,
+                      rules.rescale(lambda t: jax.lax.rsqrt(t + spec.norm_eps), ms),
+                      order="b_first")
     if spec.norm_style == "gemma":
         return (n * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
     if spec.norm_style == "olmo2":
@@ -59,7 +69,7 @@ def head_logits(spec: DecoderSpec, head_params: dict, hidden: jax.Array) -> jax.
     logits = hidden @ w.T if spec.tied else hidden @ w
     if spec.final_softcap:
         c = spec.final_softcap
-        logits = jnp.tanh(logits / c) * c
+        logits = rules.tanh(logits / c) * c
     return logits
 
 
@@ -68,39 +78,49 @@ def _linear(x, p, name):
     return y + p[name + "_bias"] if name + "_bias" in p else y
 
 
-def _attention(spec: DecoderSpec, p: dict, h, cos, sin, allowed, hook):
+def _attention(spec: DecoderSpec, p: dict, h, cos, sin, allowed, hook, past=None):
+    """``past``: ``(k, v)`` ``[B, s, kv, hd]`` of earlier positions (already rotated), which
+    the queries of ``h`` also see (``allowed [B, n, s + n]``); then ``(out, (k, v))`` of
+    ``h``'s positions is returned."""
     b, n, _ = h.shape
     nh, kv, hd = spec.n_heads, spec.n_kv_heads, spec.head_dim
-    q, k, v = _linear(h, p, "q"), _linear(h, p, "k"), _linear(h, p, "v")
+    q, k, v = _linear(h, p, "q"), _linear(h, p, "k"), hook("value", _linear(h, p, "v"))
     if spec.qk_norm == "full":
         q, k = rms_norm(q, p["q_norm"], spec), rms_norm(k, p["k_norm"], spec)
     q, k, v = q.reshape(b, n, nh, hd), k.reshape(b, n, kv, hd), v.reshape(b, n, kv, hd)
     if spec.qk_norm == "head":
         q, k = rms_norm(q, p["q_norm"], spec), rms_norm(k, p["k_norm"], spec)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    new_kv = (k, v)
+    if past is not None:
+        k, v = jnp.concatenate([past[0], k], axis=1), jnp.concatenate([past[1], v], axis=1)
     q = q.reshape(b, n, kv, nh // kv, hd)     # head h reads kv head h // (nh / kv)
-    scores = jnp.einsum("bqkgd,bskd->bkgqs", q, k) * jnp.asarray(spec.attn_scale, q.dtype)
+    scores = rules.product(_einsum("bqkgd,bskd->bkgqs"), q, k) * jnp.asarray(spec.attn_scale,
+                                                                             q.dtype)
     if spec.attn_softcap:
         c = spec.attn_softcap
-        scores = jnp.tanh(scores / c) * c
+        scores = rules.tanh(scores / c) * c
     scores = jnp.where(allowed[:, None, None], scores.astype(jnp.float32),
                        jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    hook("attn_pattern", probs.reshape(b, nh, n, n))
-    heads = jnp.einsum("bkgqs,bskd->bqkgd", probs, v).reshape(b, n, nh, hd)
+    probs = rules.softmax(scores, axis=-1).astype(v.dtype)
+    hook("attn_pattern", probs.reshape(b, nh, n, k.shape[1]))
+    heads = rules.product(_einsum("bkgqs,bskd->bqkgd"), probs, v).reshape(b, n, nh, hd)
     heads = hook("head_out", heads)
-    return _linear(heads.reshape(b, n, nh * hd), p, "o")
+    out = _linear(heads.reshape(b, n, nh * hd), p, "o")
+    return out if past is None else (out, new_kv)
 
 
 def _mlp(spec: DecoderSpec, p: dict, h):
     gate, up = _linear(h, p, "gate"), _linear(h, p, "up")
-    return _linear(_ACT[spec.act](gate) * up, p, "down")
+    return _linear(rules.product(jnp.multiply, _ACT[spec.act](gate), up), p, "down")
 
 
-def _block(spec: DecoderSpec, p: dict, x, cos, sin, allowed, hook):
+def _block(spec: DecoderSpec, p: dict, x, cos, sin, allowed, hook, past=None):
     x = hook("resid_pre", x)
     h = rms_norm(x, p["attn_in"], spec) if "attn_in" in spec.norms else x
-    a = _attention(spec, p, h, cos, sin, allowed, hook)
+    a = _attention(spec, p, h, cos, sin, allowed, hook, past)
+    if past is not None:
+        a, kv = a
     if "attn_out" in spec.norms:
         a = rms_norm(a, p["attn_out"], spec)
     x = x + hook("attn_out", a)
@@ -109,7 +129,8 @@ def _block(spec: DecoderSpec, p: dict, x, cos, sin, allowed, hook):
     if "mlp_out" in spec.norms:
         m = rms_norm(m, p["mlp_out"], spec)
     x = x + hook("mlp_out", m)
-    return hook("resid_post", x)
+    x = hook("resid_post", x)
+    return x if past is None else (x, kv)
 
 
 def _tables(spec: DecoderSpec, mask):

@@ -18,7 +18,7 @@ from .spec import DecoderSpec, spec_from_config
 
 __all__ = ["NativeDecoder", "NativeModel", "load_native"]
 
-_KINDS = ("resid_pre", "attn_pattern", "head_out", "attn_out", "mlp_out", "resid_post")
+_KINDS = ("resid_pre", "value", "attn_pattern", "head_out", "attn_out", "mlp_out", "resid_post")
 
 
 class NativeDecoder(struct.PyTreeNode):
@@ -31,6 +31,9 @@ class NativeDecoder(struct.PyTreeNode):
     params: Any
     spec: DecoderSpec = struct.field(pytree_node=False)
     is_encoder_decoder: bool = struct.field(pytree_node=False, default=False)
+    #: every nonlinearity of the forward is rule-aware (jaxattr.methods.deeplift_rules), so
+    #: method="deeplift" can use the rescale rule
+    deeplift_rules = True
 
     @property
     def embed_scale(self) -> float:
@@ -154,6 +157,36 @@ class NativeDecoder(struct.PyTreeNode):
         else:
             out["logits"] = head_logits(spec, head_params, hidden)
         return out
+
+
+    def causal_step_grads(self, *, target_ids: jax.Array, target_mask: jax.Array,
+                          target_embeds: Optional[jax.Array], positions: jax.Array,
+                          score_of: Callable, groups: tuple):
+        """Per-step input gradients with exact causal truncation
+        (:mod:`jaxattr.models.causal_chunks`): each step back-propagates only through the
+        positions it sees, from one forward.
+
+        Args:
+          target_ids, target_mask: ``[B, L]``; target_embeds: ``[B, L, H]`` (the lookup of
+            the ids when ``None``).
+          positions: ``[B, T]`` the position whose logits score each step.
+          score_of: ``logits [B, T, V] -> scores [B, T]``, step ``t`` reading
+            ``logits[:, t]`` only (a step-separable target).
+          groups: static ``((a, b, P), ...)`` from
+            :func:`jaxattr.models.causal_chunks.plan_causal_chunks`.
+
+        Returns:
+          ``(scores [B, T], logits [B, T, V] (no gradient), grads [T, B, L, H])``.
+        """
+        from .causal_chunks import causal_step_grads
+        spec = self.spec
+        embeds = self.embed(target_ids) if target_embeds is None else target_embeds
+        head_params = {"head": self.params["embed"] if spec.tied else self.params["head"]}
+        scores, hidden, grads = causal_step_grads(
+            spec, self.params, embeds, target_mask, positions,
+            lambda h: score_of(head_logits(spec, head_params, h)), groups)
+        logits = head_logits(spec, head_params, jax.lax.stop_gradient(hidden))
+        return scores, logits, grads
 
 
 def _head(spec, hidden, head_params):
