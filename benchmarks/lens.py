@@ -34,12 +34,14 @@ from _workload import HERE, SIDE_PY, ensure_checkpoint, python_env, run_json  # 
 
 
 def _median_time(fn, n):
-    times = []
+    """(median wall seconds, wall times, median CPU seconds of this process, all threads)."""
+    times, cpu = [], []
     for _ in range(n):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+        cpu.append(time.process_time() - c0)
+    return statistics.median(times), times, statistics.median(cpu)
 
 
 def _flops(compiled) -> float:
@@ -76,7 +78,7 @@ def bench_jax(ckpt, ids, steps):
         holder["state"], k = step(holder["state"], source, batch)
         jax.block_until_ready(k)
 
-    train_s, train_times = _median_time(one, steps)
+    train_s, train_times, train_cpu = _median_time(one, steps)
 
     # Logit lens vs one forward.
     plain = {"target_ids": ids_j, "target_mask": jnp.ones_like(ids_j)}
@@ -87,10 +89,13 @@ def bench_jax(ckpt, ids, steps):
                      ).lower(source, plain, targets).compile()
     jax.block_until_ready(fwd_c(model.adapter, plain))
     jax.block_until_ready(lens_c(source, plain, targets))
-    fwd_s, _ = _median_time(lambda: jax.block_until_ready(fwd_c(model.adapter, plain)), 5)
-    lens_s, _ = _median_time(lambda: jax.block_until_ready(lens_c(source, plain, targets)), 5)
+    fwd_s, _, fwd_cpu = _median_time(lambda: jax.block_until_ready(fwd_c(model.adapter, plain)), 5)
+    lens_s, _, lens_cpu = _median_time(lambda: jax.block_until_ready(lens_c(source, plain, targets)), 5)
     return {"jax": jax.__version__, "compile_s": compile_s, "step_s": train_s,
             "times": train_times, "tokens_per_s": ids.size / train_s,
+            "step_cpu_s": train_cpu, "tokens_per_cpu_s": ids.size / train_cpu,
+            "forward_cpu_s": fwd_cpu, "logit_lens_cpu_s": lens_cpu,
+            "lens_over_forward_cpu": lens_cpu / fwd_cpu,
             "forward_s": fwd_s, "logit_lens_s": lens_s, "lens_over_forward": lens_s / fwd_s,
             "forward_flops": _flops(fwd_c), "logit_lens_flops": _flops(lens_c),
             "train_step_flops": _flops(step.lower(holder["state"], source, batch).compile())}
@@ -126,6 +131,13 @@ def main():
           f"(compile {jx['compile_s']:.0f} s)")
     print(f"  speed-up: {out['train_speedup_vs_pkg_loop']:.2f}x vs its loop, "
           f"{out['train_speedup_vs_pkg_best']:.2f}x vs its faster variant")
+    tc = torch["bf16_autocast"].get("tokens_per_cpu_s")
+    print(f"  per CPU second (all threads): tuned-lens pkg "
+          f"{tc if tc is None else round(tc, 1)} / "
+          f"{torch['float32'].get('tokens_per_cpu_s', float('nan')):.1f} (bf16 / float32) tok/s, "
+          f"jaxattr {jx['tokens_per_cpu_s']:.1f} tok/s")
+    print(f"logit lens CPU: {jx['logit_lens_cpu_s']:.1f} s vs forward {jx['forward_cpu_s']:.1f} s: "
+          f"{jx['lens_over_forward_cpu']:.2f}x; load {os.getloadavg()[0]:.1f}")
     print(f"logit lens, all {13} rows: {jx['logit_lens_s'] * 1e3:.0f} ms vs one forward "
           f"{jx['forward_s'] * 1e3:.0f} ms: {jx['lens_over_forward']:.2f}x "
           f"(XLA FLOPs {jx['logit_lens_flops'] / 1e9:.1f} G vs {jx['forward_flops'] / 1e9:.1f} G: "

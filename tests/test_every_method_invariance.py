@@ -28,6 +28,11 @@ COVERED = {
     "lime": "test_lime.py::test_pipeline_batch_invariance",
     "smoothgrad": "test_noise_invariance.py::test_noise_differs_between_examples_and_keys",
     "smoothgrad_sq": "test_noise_invariance.py::test_noisy_methods_are_batch_invariant_decoder_only",
+    "value_zeroing": "test_value_zeroing.py::"
+                     "test_through_attribute_columns_sum_to_one_and_batch_invariance",
+    "layer_deeplift": HERE,
+    "reagent": "test_reagent.py::test_pipeline_batch_invariance_and_listing",
+    "discretized_integrated_gradients": "test_dig.py::test_batch_invariance",
     "vargrad": HERE,
     "layer_saliency": HERE,
     "layer_gradient_x_activation": HERE,
@@ -35,7 +40,9 @@ COVERED = {
 
 RUNS = {"vargrad": dict(n_samples=2, stdevs=0.3),
         "layer_saliency": dict(layer="blocks.0.mlp_out"),
-        "layer_gradient_x_activation": dict(layer="blocks.*.mlp_out")}
+        "layer_gradient_x_activation": dict(layer="blocks.*.mlp_out"),
+        # transformers models take Captum's mode (the rescale rule needs a native model)
+        "layer_deeplift": dict(layer="blocks.1.mlp_out", mode="captum")}
 
 
 def test_every_method_has_a_batch_invariance_test():

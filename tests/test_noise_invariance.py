@@ -4,6 +4,7 @@ The same sequence attributed alone, inside a batch at another row, with another 
 padded to another length gives the same numbers (the README's padding-invariance claim), for
 every method that draws random numbers, through the model and through the functional API.
 """
+import inspect
 import json
 import os
 import subprocess
@@ -165,10 +166,25 @@ def test_keyed_dropout_masks_ignore_row_batch_and_padding():
     assert (np.asarray(keyed_mask(keys, (3, 64, 256), 0.9, site=3)) != big).any()  # sites too
 
 
+# Noisy methods that need model-aware inputs besides (score_fn, x), with where their per-example
+# keys are tested instead.
+MODEL_AWARE = {"reagent": "test_reagent.py::test_seeded_determinism_and_batch_invariance"}
+
+
+def _required_keywords(fn):
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return set()
+    return {p.name for p in params if p.kind == p.KEYWORD_ONLY and p.default is p.empty}
+
+
 def _noisy_methods():
-    """Every registered method that draws random numbers (declares ``key``), and noise tunnels
-    around methods with extra settings."""
-    out = {name: fn for name, fn in METHODS.items() if needs_of(fn).key}
+    """Every registered method that draws random numbers (declares ``key``) and runs on a
+    score function alone, and noise tunnels around methods with extra settings."""
+    noisy = {name: fn for name, fn in METHODS.items() if needs_of(fn).key}
+    assert {n for n, fn in noisy.items() if _required_keywords(fn)} == set(MODEL_AWARE)
+    out = {n: fn for n, fn in noisy.items() if n not in MODEL_AWARE}
     out["vargrad_ig"] = vargrad(integrated_gradients, n_samples=2, stdevs=0.4)
     return out
 
@@ -210,6 +226,7 @@ SHARDED_NOISY = textwrap.dedent("""
         "gradient_shap": dict(method="gradient_shap", n_samples=2, stdevs=0.5),
         "mc_dropout": dict(method="saliency", attributed_fn="mc_dropout_prob_avg",
                            n_mcd_steps=3),
+        "reagent": dict(method="reagent", max_probe_steps=8, num_probes=4),
     }}
     worst = {{}}
     for name, kw in runs.items():
@@ -236,5 +253,5 @@ def test_noisy_methods_sharded_equal_unsharded():
                          text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]
     worst = json.loads(res.stdout.split("WORST", 1)[1])
-    assert set(worst) == {"smoothgrad", "gradient_shap", "mc_dropout"}
+    assert set(worst) == {"smoothgrad", "gradient_shap", "mc_dropout", "reagent"}
     assert max(worst.values()) <= 1e-5, worst

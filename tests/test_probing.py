@@ -58,15 +58,18 @@ def test_mlp_memorises_control_task_linear_does_not():
     np.testing.assert_allclose(lin.selectivity, lin.accuracy - lin.control_accuracy)
 
 
-@pytest.mark.parametrize("probe,batch_size", [("linear", None), ("mlp", 32)])
-def test_vmapped_program_equals_per_layer_loop(probe, batch_size):
+@pytest.mark.parametrize("probe,batch_size,optimizer,early",
+                         [("linear", None, "adamw", True), ("mlp", 32, "adamw", True),
+                          ("linear", None, "lbfgs", False), ("linear", None, "lbfgs", True)])
+def test_vmapped_program_equals_per_layer_loop(probe, batch_size, optimizer, early):
     rng = np.random.default_rng(1)
     g, n, h, n_train, n_val = 3, 240, 6, 160, 40
     x = rng.normal(size=(g, n, h)).astype(np.float32)
     x[1] += rng.normal(size=(n, 1)).astype(np.float32)
     labels = np.stack([rng.integers(0, 3, n), rng.integers(0, 3, n)]).astype(np.int32)
     spec = P.TrainSpec(max_steps=200, eval_every=5, patience=3, hidden=(16,),
-                       batch_size=batch_size)
+                       batch_size=batch_size, optimizer=optimizer, early_stopping=early,
+                       l2=0.0 if optimizer == "adamw" else 1e-2)
     task = np.array([0, 1, 0, 1])
     n_rows = np.array([n_train, n_train, 40, 90])
     keys = jnp.stack([jax.random.PRNGKey(s) for s in (0, 0, 1, 2)])
@@ -171,3 +174,61 @@ def test_bad_inputs_have_clear_errors():
         P.fit(x[:30], y[:30], mdl=True)
     with pytest.raises(ValueError, match="val_fraction"):
         P.TrainSpec(val_fraction=0.5, test_fraction=0.6)
+
+
+def _sklearn_problem(n_classes, n=400, h=10, seed=0):
+    """Standardised anisotropic features with a linear label (binary) or a label that shifts
+    one feature (three classes)."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, h)) @ rng.normal(size=(h, h))     # correlated features
+    if n_classes == 2:
+        y = (x @ rng.normal(size=h) + 2 * rng.normal(size=n) > 0).astype(np.int32)
+    else:
+        y = rng.integers(0, 3, n).astype(np.int32)
+        x[:, 0] += 1.5 * y
+    x = (x - x.mean(0)) / x.std(0)
+    return x.astype(np.float32), y
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_lbfgs_fits_sklearn_l2_optimum(n_classes):
+    """L-BFGS without early stopping reaches scikit-learn's LogisticRegression(C) optimum
+    (float64, tol 1e-10): l2 = 2 / (C n) with two classes, 1 / (C n) with more."""
+    from sklearn.linear_model import LogisticRegression
+    x, y = _sklearn_problem(n_classes)
+    n, c = len(y), 0.3
+    spec = P.TrainSpec(optimizer="lbfgs", early_stopping=False, tol=1e-6, max_steps=300,
+                       l2=(2.0 if n_classes == 2 else 1.0) / (c * n))
+    one = jax.jit(train_probe, static_argnames=("spec", "probe", "kind", "n_out"))
+    params, steps, _ = one(jnp.asarray(x), jnp.asarray(y), jnp.asarray(n), jnp.asarray(x[:5]),
+                           jnp.asarray(y[:5]), jax.random.PRNGKey(0), spec=spec,
+                           probe="linear", kind="classification", n_out=n_classes)
+    w, b = np.asarray(params[0]["w"], np.float64), np.asarray(params[0]["b"], np.float64)
+    sk = LogisticRegression(C=c, tol=1e-10, max_iter=10_000).fit(x.astype(np.float64), y)
+    if n_classes == 2:     # one weight vector d in scikit-learn; columns -d/2, d/2 here
+        w, b = (w[:, 1] - w[:, 0])[None], np.array([b[1] - b[0]])
+    else:                  # softmax biases are defined up to a constant
+        b, sk_b = b - b.mean(), sk.intercept_ - sk.intercept_.mean()
+    scale = np.abs(sk.coef_).max()
+    assert int(steps) < 100
+    np.testing.assert_allclose(w.T if n_classes > 2 else w, sk.coef_, atol=1e-4 * scale)
+    np.testing.assert_allclose(b, sk.intercept_ if n_classes == 2 else sk_b, atol=1e-4 * scale)
+
+
+def test_lbfgs_probe_matches_sklearn_accuracy_per_layer():
+    """fit() with L-BFGS and scikit-learn's penalty gives scikit-learn's held-out predictions
+    on every layer (same split, same standardisation)."""
+    from sklearn.linear_model import LogisticRegression
+    from jaxattr.probing import data
+    x, y = one_layer_data(n=1200, layers=3, h=12, at=1)
+    x[:, 1] += 0.7 * np.random.default_rng(5).normal(size=(1200, 12)).astype(np.float32)
+    base = P.TrainSpec()
+    order, (n_tr, n_val, _) = data.split_order(len(y), val_fraction=base.val_fraction,
+                                                test_fraction=base.test_fraction, seed=0)
+    res = P.fit(x, y, spec=P.TrainSpec(optimizer="lbfgs", early_stopping=False, l2=2.0 / n_tr))
+    tr, te = order[:n_tr], order[n_tr + n_val:]
+    for layer in range(3):
+        xl = x[:, layer].astype(np.float64)
+        xs = (xl - xl[tr].mean(0)) / xl[tr].std(0)
+        acc = LogisticRegression(C=1.0, tol=1e-8).fit(xs[tr], y[tr]).score(xs[te], y[te])
+        assert abs(res.accuracy[layer] - acc) <= 1.0 / len(te) + 1e-9, (layer, res.accuracy, acc)

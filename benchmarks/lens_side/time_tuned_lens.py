@@ -50,14 +50,17 @@ def main():
             sched.step()
 
         step()                                          # warm-up
-        times = []
+        times, cpu = [], []
         for _ in range(steps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         key = "bf16_autocast" if autocast else "float32"
         out[key] = {"step_s": float(np.median(times)), "times": times,
-                    "tokens_per_s": float(ids.numel() / np.median(times))}
+                    "tokens_per_s": float(ids.numel() / np.median(times)),
+                    "step_cpu_s": float(np.median(cpu)),
+                    "tokens_per_cpu_s": float(ids.numel() / np.median(cpu))}
     print(json.dumps(out))
 
 

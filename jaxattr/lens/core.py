@@ -89,15 +89,38 @@ def row_statistics(readout: Readout, states: jax.Array, targets: jax.Array, lens
       "kl" [S,B,L] (KL(final ‖ row), nats), "target_prob" [S,B,L], "target_rank" [S,B,L]
       int32 (0: top-1)}``.
     """
-    final = row_log_probs(readout, states[-1])
+    targets = targets[..., None].astype(jnp.int32)
 
-    def stats(h):
-        logp = row_log_probs(readout, h)
-        top_lp, top_ids = jax.lax.top_k(logp, top_k)
-        t = jnp.take_along_axis(logp, targets[..., None].astype(jnp.int32), axis=-1)
-        return {"top_ids": top_ids.astype(jnp.int32), "top_probs": jnp.exp(top_lp),
-                "entropy": -jnp.sum(jnp.exp(logp) * logp, axis=-1),
-                "kl": kl_rows(final, logp), "target_prob": jnp.exp(t[..., 0]),
-                "target_rank": jnp.sum(logp > t, axis=-1).astype(jnp.int32)}
+    def stats(z, final=None):
+        # every statistic from the logits z and their log-normaliser, each a fused pass over
+        # [B, L, V]; the row's log-softmax is never stored
+        lse = jax.nn.logsumexp(z, axis=-1, keepdims=True)
+        logp = z - lse
+        top_z, top_ids = jax.lax.top_k(z, top_k)
+        zt = jnp.take_along_axis(z, targets, axis=-1)
+        out = {"top_ids": top_ids.astype(jnp.int32), "top_probs": jnp.exp(top_z - lse),
+               "entropy": -jnp.sum(jnp.exp(logp) * logp, axis=-1),
+               "target_prob": jnp.exp(zt - lse)[..., 0],
+               "target_rank": jnp.sum(z > zt, axis=-1).astype(jnp.int32)}
+        out["kl"] = (jnp.zeros_like(out["entropy"]) if final is None
+                     else jnp.sum(jnp.exp(final) * (final - logp), axis=-1))
+        return out
 
-    return _map_rows(stats, states, lens, layer_chunk)
+    z_final = readout(states[-1]).astype(jnp.float32)       # the last row, decoded once
+    last = stats(z_final)
+    final = jax.nn.log_softmax(z_final, axis=-1)
+    n = states.shape[0]
+    if lens is not None and lens.n_layers != n - 1:
+        raise ValueError(f"a tuned lens of {lens.n_layers} layers cannot read {n} rows of "
+                         f"states; it needs n_layers + 1 = {lens.n_layers + 1} (train or load "
+                         "the lens for this model).")
+
+    def block_row(args):
+        h, i = args
+        if lens is not None:
+            h = lens.translate_row(h, i)
+        return stats(readout(h).astype(jnp.float32), final)
+
+    chunk = n - 1 if layer_chunk is None else max(1, min(int(layer_chunk), n - 1))
+    rows = jax.lax.map(block_row, (states[:-1], jnp.arange(n - 1)), batch_size=chunk)
+    return jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), rows, last)

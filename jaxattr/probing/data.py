@@ -47,7 +47,7 @@ def stack_features(features, layer_names: Optional[Sequence[str]] = None):
         if a.ndim != 3:
             raise InputError(f"features has shape {a.shape}; give [N, n_layers, H], [N, H] or "
                              f"a mapping {{site: [N, H]}}.")
-        x = np.ascontiguousarray(a.transpose(1, 0, 2))
+        x = a.transpose(1, 0, 2)      # a view: the caller's reordering copies it once
         names = ([str(i) for i in range(x.shape[0])] if layer_names is None
                  else [str(n) for n in layer_names])
         if len(names) != x.shape[0]:

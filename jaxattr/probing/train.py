@@ -10,15 +10,18 @@ batch); with ``TrainSpec.batch_size`` each step draws that many of its rows.
 from __future__ import annotations
 
 import functools
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 
 from .spec import TrainSpec
 
-__all__ = ["init_probe", "apply_probe", "standardize", "probe_loss", "objective", "train_probe",
-           "predict", "run_probes", "KINDS", "PROBES"]
+__all__ = ["init_probe", "dense", "apply_probe", "standardize", "probe_loss", "objective", "train_probe",
+           "predict", "run_probes", "minimize_lbfgs", "lbfgs_init", "lbfgs_step", "preconditioner", "precondition",
+           "PRECONDITION_ROWS", "KINDS", "PROBES"]
 
 KINDS = ("classification", "regression")
 PROBES = ("linear", "mlp")
@@ -39,10 +42,32 @@ def init_probe(key: jax.Array, n_in: int, n_out: int, *, probe: str, hidden: tup
     return params
 
 
+@jax.custom_vjp
+def dense(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x [N, a] @ w [a, b]``, whose weight gradient is computed as ``(g^T x)^T`` rather than
+    ``x^T g``: the same numbers, but XLA's CPU matmul contracts the long row axis of
+    row-major ``x`` several times faster this way (a probe's training is mostly these
+    passes over the features)."""
+    return x @ w
+
+
+def _dense_fwd(x, w):
+    return x @ w, (x, w)
+
+
+def _dense_bwd(res, g):
+    x, w = res
+    # the barrier keeps XLA from folding the transpose back into the slow form
+    return g @ w.T, jax.lax.optimization_barrier(jnp.einsum("nb,na->ba", g, x)).T
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 def apply_probe(params: list, x: jax.Array) -> jax.Array:
     """``x [N, H] -> [N, n_out]`` (ReLU between layers)."""
     for i, layer in enumerate(params):
-        x = x @ layer["w"] + layer["b"]
+        x = dense(x, layer["w"]) + layer["b"]
         if i < len(params) - 1:
             x = jax.nn.relu(x)
     return x
@@ -88,19 +113,160 @@ def objective(params: list, x: jax.Array, y: jax.Array, w: jax.Array, kind: str,
     return loss
 
 
-def _optimizer(spec: TrainSpec):
-    if spec.optimizer == "lbfgs":
-        return optax.lbfgs()
-    return optax.adamw(spec.learning_rate, weight_decay=spec.weight_decay)
+#: Training rows used to estimate the L-BFGS preconditioner (:func:`preconditioner`).
+PRECONDITION_ROWS = 2048
+
+
+def preconditioner(x_train: jax.Array, *, rows: int = PRECONDITION_ROWS,
+                   ridge: float = 1e-3) -> tuple:
+    """``(L, L^{-T})``: the lower Cholesky factor ``L [H, H]`` of ``x^T x / m + ridge * I`` over
+    the first ``m = min(rows, N)`` rows of standardised training features ``x_train [N, H]``,
+    and the inverse of its transpose.
+
+    L-BFGS on a linear (or MLP) probe optimises ``u = L^T w`` instead of the first layer's
+    weights ``w`` (:func:`precondition`): the objective is the same function of ``w`` (the same
+    optimum, penalty included), but in ``u`` the features look whitened, so on anisotropic
+    states it needs a fraction of the passes. The factor is an estimate from a subset of rows:
+    a preconditioner need not be exact."""
+    xs = x_train[:min(int(rows), x_train.shape[0])]
+    gram = xs.T @ xs / xs.shape[0]
+    eye = jnp.eye(gram.shape[0], dtype=gram.dtype)
+    chol = jnp.linalg.cholesky(gram + ridge * eye)
+    return chol, jax.scipy.linalg.solve_triangular(chol, eye, lower=True, trans="T")
+
+
+def precondition(params: list, pre: Optional[tuple], *, inverse: bool = False,
+                 grad: bool = False) -> list:
+    """Map the first layer's weights of a probe from ``u`` (optimised) to ``w = L^{-T} u``;
+    ``inverse=True``: ``u = L^T w``; ``grad=True``: the gradient in ``u`` of ``f(L^{-T} u)`` to
+    the gradient of ``f`` in ``w`` (``L`` times it). ``pre = (L, L^{-T})`` comes from
+    :func:`preconditioner`; ``pre=None`` is the identity."""
+    if pre is None:
+        return params
+    chol, inv_t = pre
+    w = params[0]["w"]
+    w = chol.T @ w if inverse else (chol @ w if grad else inv_t @ w)
+    return [{**params[0], "w": w}] + list(params[1:])
+
+
+def lbfgs_init(fun: Callable, params, *, memory_size: int = 10) -> dict:
+    """State of :func:`lbfgs_step` at ``params`` (one evaluation of ``fun`` and its
+    gradient). Parameters are handled as one flat vector."""
+    flat, unravel = ravel_pytree(params)
+    value, grad = jax.value_and_grad(lambda v: fun(unravel(v)))(flat)
+    d = flat.shape[0]
+    return dict(x=flat, f=value, g=grad, dir=-grad,
+                alpha=jnp.minimum(1.0, 1.0 / jnp.maximum(jnp.linalg.norm(grad), 1e-12)),
+                s=jnp.zeros((memory_size, d), flat.dtype), y=jnp.zeros((memory_size, d), flat.dtype),
+                rho=jnp.zeros((memory_size,), flat.dtype), k=jnp.int32(0),
+                failed=jnp.bool_(False))
+
+
+def _two_loop(g, s, y, rho, k):
+    """``-H g`` by the L-BFGS two-loop recursion over the ``min(k, m)`` stored pairs (ring
+    buffer, newest at ``(k - 1) % m``), scaled by ``s·y / y·y`` of the newest pair."""
+    m = s.shape[0]
+    n = jnp.minimum(k, m)
+
+    def back(i, carry):
+        q, a = carry
+        j = (k - 1 - i) % m
+        ai = jnp.where(i < n, rho[j] * jnp.dot(s[j], q), 0.0)
+        return q - ai * y[j], a.at[j].set(ai)
+
+    q, a = jax.lax.fori_loop(0, m, back, (g, jnp.zeros((m,), g.dtype)))
+    j = (k - 1) % m
+    gamma = jnp.where(k > 0, jnp.dot(s[j], y[j]) / jnp.maximum(jnp.dot(y[j], y[j]), 1e-30), 1.0)
+    r = gamma * q
+
+    def fwd(i, r):
+        j = (k - n + i) % m
+        b = rho[j] * jnp.dot(y[j], r)
+        return r + jnp.where(i < n, a[j] - b, 0.0) * s[j]
+
+    return -jax.lax.fori_loop(0, m, fwd, r)
+
+
+def lbfgs_step(fun: Callable, unravel: Callable, st: dict, *, c1: float = 1e-4) -> dict:
+    """One evaluation of L-BFGS with a backtracking (Armijo) line search: try
+    ``x + alpha * dir``; if the value does not rise above the Armijo bound, take the step,
+    store the curvature pair (when ``s·y > 0``) and form the next direction with step 1;
+    otherwise halve ``alpha``. Each call evaluates ``fun`` and its gradient once, with no
+    data-dependent branches, so lanes of a ``vmap`` advance independently at one pass each."""
+    x_try = st["x"] + st["alpha"] * st["dir"]
+    f_try, g_try = jax.value_and_grad(lambda v: fun(unravel(v)))(x_try)
+    slope = jnp.dot(st["g"], st["dir"])
+    armijo = f_try <= st["f"] + c1 * st["alpha"] * slope
+    # near the optimum float32 values stop resolving the decrease: accept a step whose
+    # value is within rounding and whose slope along the line shows it did not overshoot
+    # (Hager & Zhang's approximate Wolfe condition)
+    approx = ((f_try <= st["f"] + 1e-6 * jnp.abs(st["f"]))
+              & (jnp.dot(g_try, st["dir"]) <= -0.8 * slope) & (slope < 0))
+    ok = jnp.isfinite(f_try) & ((armijo & (f_try < st["f"])) | approx)
+    sv, yv = x_try - st["x"], g_try - st["g"]
+    sy = jnp.dot(sv, yv)
+    store = ok & (sy > 1e-10 * jnp.dot(yv, yv))
+    m = st["s"].shape[0]
+    j = st["k"] % m
+    s_mem = jnp.where(store, st["s"].at[j].set(sv), st["s"])
+    y_mem = jnp.where(store, st["y"].at[j].set(yv), st["y"])
+    rho = jnp.where(store, st["rho"].at[j].set(1.0 / jnp.where(store, sy, 1.0)), st["rho"])
+    k = st["k"] + store.astype(jnp.int32)
+    x = jnp.where(ok, x_try, st["x"])
+    f = jnp.where(ok, f_try, st["f"])
+    g = jnp.where(ok, g_try, st["g"])
+    new_dir = _two_loop(g, s_mem, y_mem, rho, k)
+    descent = jnp.dot(new_dir, g) < 0            # else restart from steepest descent
+    new_dir = jnp.where(descent, new_dir, -g)
+    alpha = st["alpha"] * 0.5
+    return dict(x=x, f=f, g=g, dir=jnp.where(ok, new_dir, st["dir"]),
+                alpha=jnp.where(ok, 1.0, alpha), s=s_mem, y=y_mem, rho=rho, k=k,
+                failed=~ok & (alpha < 1e-10))
+
+
+def minimize_lbfgs(fun: Callable, params, *, tol: float, max_steps: int,
+                   memory_size: int = 10, grad_map: Optional[Callable] = None):
+    """Minimise ``fun(params) -> scalar`` with L-BFGS (:func:`lbfgs_step`) to a stationary
+    point: stop when the largest absolute entry of the gradient is at most ``tol``
+    (scikit-learn's ``lbfgs`` criterion), when the line search cannot lower the value any
+    more (the float32 floor), or after ``max_steps`` evaluations. Under ``vmap`` every lane
+    stops on its own criterion (a finished lane is frozen while the others run).
+    ``grad_map`` maps the gradient (a pytree like ``params``) to the one whose entries are
+    compared with ``tol`` (e.g. back to the original parameters of a preconditioned problem).
+
+    Returns ``(params, evaluations)``."""
+    _, unravel = ravel_pytree(params)
+
+    grad_map = grad_map or (lambda g: g)
+
+    def cond(c):
+        st, i = c
+        gmax = jnp.max(jnp.stack([jnp.max(jnp.abs(a))
+                                  for a in jax.tree.leaves(grad_map(unravel(st["g"])))]))
+        return (i < max_steps) & (gmax > tol) & ~st["failed"]
+
+    def body(c):
+        st, i = c
+        return lbfgs_step(fun, unravel, st), i + 1
+
+    st, steps = jax.lax.while_loop(cond, body, (lbfgs_init(fun, params,
+                                                           memory_size=memory_size),
+                                                jnp.int32(0)))
+    return unravel(st["x"]), steps
 
 
 def train_probe(x_train: jax.Array, y_train: jax.Array, n_rows: jax.Array,
                 x_val: jax.Array, y_val: jax.Array, key: jax.Array, *, spec: TrainSpec,
-                probe: str, kind: str, n_out: int):
+                probe: str, kind: str, n_out: int, precond: Optional[jax.Array] = None):
     """Train one probe on the first ``n_rows`` rows of ``x_train [N_tr, H]``.
 
-    Every ``spec.eval_every`` steps (AdamW on the full batch or on ``spec.batch_size`` rows
-    drawn per step; or L-BFGS on the full batch) the run checks a monitored loss: with
+    ``precond``: for L-BFGS, the :func:`preconditioner` of the features (default: computed
+    here from ``x_train``); AdamW ignores it.
+
+    L-BFGS without early stopping runs to the optimum of the objective
+    (:func:`minimize_lbfgs`, ``spec.tol``). Otherwise, every ``spec.eval_every`` steps (AdamW
+    on the full batch or on ``spec.batch_size`` rows drawn per step; or L-BFGS evaluations,
+    :func:`lbfgs_step`) the run checks a monitored loss: with
     ``spec.early_stopping`` the validation loss, keeping the parameters where it was lowest;
     otherwise the training objective, keeping the latest parameters (training to
     convergence). It stops after ``spec.patience`` checks without an improvement of more
@@ -117,18 +283,32 @@ def train_probe(x_train: jax.Array, y_train: jax.Array, n_rows: jax.Array,
     if kind == "classification":    # start from the training prior: the chance-level guess
         counts = jnp.zeros((n_out,), jnp.float32).at[y_train].add(w)
         params[-1]["b"] = jnp.log((counts + 1.0) / (counts.sum() + n_out))
-    opt = _optimizer(spec)
-    w_val = jnp.ones((x_val.shape[0],), jnp.float32)
     full = functools.partial(objective, x=x_train, y=y_train, w=w, kind=kind, l2=spec.l2)
+    if spec.optimizer == "lbfgs":
+        pre = preconditioner(x_train) if precond is None else precond
+        in_u = functools.partial(precondition, pre=pre)      # u -> w
+        full_u = lambda u: full(in_u(u))                     # noqa: E731
+        u0 = precondition(params, pre, inverse=True)
+        if not spec.early_stopping:
+            u, steps = minimize_lbfgs(full_u, u0, tol=spec.tol, max_steps=spec.max_steps,
+                                      grad_map=functools.partial(precondition, pre=pre,
+                                                                 grad=True))
+            params = in_u(u)
+            return params, steps, full(params)
+        _, unravel_u = ravel_pytree(u0)
+        unravel = lambda v: in_u(unravel_u(v))              # noqa: E731
+        opt_init = lambda p: lbfgs_init(full_u, u0)          # noqa: E731
+    else:
+        opt = optax.adamw(spec.learning_rate, weight_decay=spec.weight_decay)
+        opt_init = opt.init
+    w_val = jnp.ones((x_val.shape[0],), jnp.float32)
     grad_fn = jax.grad(objective)
-    value_and_grad = optax.value_and_grad_from_state(full)
 
     def step(i, carry):
         p, s, start = carry
         if spec.optimizer == "lbfgs":
-            value, g = value_and_grad(p, state=s)
-            updates, s = opt.update(g, s, p, value=value, grad=g, value_fn=full)
-            return optax.apply_updates(p, updates), s, start
+            s = lbfgs_step(full_u, unravel_u, s)
+            return unravel(s["x"]), s, start
         if spec.batch_size is None:
             g = grad_fn(p, x_train, y_train, w, kind, spec.l2)
         else:
@@ -159,7 +339,7 @@ def train_probe(x_train: jax.Array, y_train: jax.Array, n_rows: jax.Array,
                     best_loss=jnp.where(better, val, c["best_loss"]), bad=bad,
                     done=bad >= spec.patience)
 
-    init = dict(params=params, opt=opt.init(params), best=params, step=jnp.int32(0),
+    init = dict(params=params, opt=opt_init(params), best=params, step=jnp.int32(0),
                 best_loss=monitor(params), bad=jnp.int32(0), done=jnp.bool_(False))
     out = jax.lax.while_loop(cond, body, init)
     return out["best"], out["step"], out["best_loss"]
@@ -200,12 +380,13 @@ def run_probes(features: jax.Array, labels: jax.Array, task: jax.Array, n_rows: 
     def layer(x):
         x = standardize(x, n_train, whiten=spec.whiten)
         x_tr, x_val = x[:n_train], x[n_train:n_train + n_val]
+        pre = preconditioner(x_tr) if spec.optimizer == "lbfgs" else None
 
         def job(t, n, key):
             y = labels[t]
             params, steps, _ = train_probe(x_tr, y[:n_train], n, x_val,
                                            y[n_train:n_train + n_val], key, spec=spec,
-                                           probe=probe, kind=kind, n_out=n_out)
+                                           probe=probe, kind=kind, n_out=n_out, precond=pre)
             pred, logp = predict(params, x, y, kind)
             return pred, logp, steps
         return jax.vmap(job)(task, n_rows, keys)
