@@ -18,6 +18,7 @@ from flax import struct
 
 from .adapters import ModelAdapter
 from .baselines import BaselineSet
+from .compile_effort import EffortJit
 from .internals.sites import SiteError, is_raw_path, parse_site, resolve_sites
 from .methods._common import as_key, example_identity
 from .methods.attention_rollout import attention_rollout
@@ -626,16 +627,21 @@ def _traced(*args, **kwargs):
     return _attribute_impl(*args, **kwargs)
 
 
-_attribute_jit = jax.jit(_traced, static_argnames=(
+# Each program has a full-optimisation and a fast-compile jit (jaxattr.compile_effort picks
+# by the model's size); ``_attribute_jit`` & co. name the full ones (benchmarks lower them).
+_attribute_jits = EffortJit(_traced, static_argnames=(
     "method", "method_kwargs", "target_fn", "target_kwargs", "step_fns", "attribute_source",
     "attribute_target", "contrast_forward", "n_dropout", "dropout_seed", "layer",
     "reduce_hidden", "split_head", "causal_chunks"))
-_attention_jit = jax.jit(_attention_impl, static_argnames=(
+_attention_jits = EffortJit(_attention_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
     "contrast_forward", "reduce_hidden", "rollout"))
-_value_zeroing_jit = jax.jit(_value_zeroing_impl, static_argnames=(
+_value_zeroing_jits = EffortJit(_value_zeroing_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
     "contrast_forward", "reduce_hidden"))
+_attribute_jit = _attribute_jits.full
+_attention_jit = _attention_jits.full
+_value_zeroing_jit = _value_zeroing_jits.full
 
 
 def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, *,
@@ -757,11 +763,14 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
 def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,
           method_kwargs=(), split_head=True, method_arrays=None, **common):
     if method == "value_zeroing":
-        return (_value_zeroing_jit if jit else _value_zeroing_impl), (adapter, batch), common
+        return ((_value_zeroing_jits.pick(adapter.params) if jit else _value_zeroing_impl),
+                (adapter, batch), common)
     if method in ATTENTION_METHODS:
         common = dict(common, rollout=method == "attention_rollout")
-        return (_attention_jit if jit else _attention_impl), (adapter, batch), common
-    return ((_attribute_jit if jit else _attribute_impl), (adapter, batch, baseline),
+        return ((_attention_jits.pick(adapter.params) if jit else _attention_impl),
+                (adapter, batch), common)
+    return ((_attribute_jits.pick(adapter.params) if jit else _attribute_impl),
+            (adapter, batch, baseline),
             dict(common, method=method, method_kwargs=method_kwargs, n_dropout=n_dropout,
                  dropout_seed=dropout_seed, layer=layer, split_head=split_head,
                  method_arrays=method_arrays))
