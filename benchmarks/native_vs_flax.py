@@ -1,13 +1,16 @@
 """Native decoder vs transformers' Flax Llama at GPT-2-124M size, and compile time vs depth.
 
-    PYTHONPATH=$PWD python benchmarks/native_vs_flax.py [compile]   # compile: part 2 only
+    PYTHONPATH=$PWD python benchmarks/native_vs_flax.py [all|compile|speed] [--rounds 3] [--ig-steps 16]
 
 1. A random Llama config of GPT-2-124M size (hidden 768, 12 layers, 12 heads, MLP 3072,
    vocab 32000, θ 1e4 where the Flax class is right) is built as a Flax model, exported to
    PyTorch-layout ``model.safetensors`` (no torch) and loaded twice: through the Flax adapter
-   and natively. Saliency and integrated gradients (16 steps) on the same batch (2 sequences,
-   16 + 16 tokens): XLA FLOPs of the compiled program, warm time (median of 3), FLOP/s and
-   the largest attribution difference.
+   and natively. Saliency and integrated gradients (``--ig-steps``, 16 by default) on the same
+   batch (2 sequences, 16 + 16 tokens): XLA FLOPs of the compiled program (counted with every
+   ``lax.scan`` unrolled, since XLA's cost analysis counts a loop body once), warm times in ``--rounds`` interleaved
+   rounds (one call of each path per round, the order alternating, so the shared machine's
+   load affects both), the median of the per-round FLOP/s ratios and the largest attribution
+   difference.
 2. Compile time (lower + compile of the saliency program) of native configs of the same width
    with 4 and 32 layers.
 
@@ -52,25 +55,45 @@ def workload(tok, n=2, prompt=16, cont=16):
     raise RuntimeError("no passages re-tokenise exactly")
 
 
-def measure(model, prompts, texts, method, **kw):
+def unrolled_flops(jitted, *args, **kw):
+    """XLA FLOPs of ``jitted(*args, **kw)`` with every ``lax.scan`` unrolled: XLA's cost
+    analysis counts a loop body once, so the native decoder's scanned layers would count as
+    one layer. The unrolled program is only counted, never run (caches cleared after)."""
+    import jax
+    from profile_pipeline import xla_flops
+    scan = jax.lax.scan
+
+    def unrolled(f, init, xs=None, length=None, **opts):
+        opts["unroll"] = True
+        return scan(f, init, xs, length, **opts)
+    jax.clear_caches()
+    jax.lax.scan = unrolled
+    try:
+        return xla_flops(jitted, *args, **kw)[0]
+    finally:
+        jax.lax.scan = scan
+        jax.clear_caches()
+
+
+def prepare_call(model, prompts, texts, method, **kw):
+    """XLA FLOPs of ``method``'s compiled program on ``model`` and a timed warm call
+    ``() -> (wall s, process CPU s, result)``; the program is compiled here (first call)."""
     import jax
     from jaxattr import pipeline
-    from profile_pipeline import xla_flops
-    args = dict(method=method, show_progress=False, prefix_groups=1, **kw)
-    args.pop("show_progress")
+    args = dict(method=method, prefix_groups=1, **kw)
     prep = model.prepare(prompts, texts, **args)
-    args["show_progress"] = False
     batch = prep.batch(0)
     call = {k: v for k, v in prep.spec.pipeline_kwargs().items() if k != "prefix_groups"}
-    flops = xla_flops(pipeline._attribute_jit, model.adapter, batch, None, **call)[0]
-    out = model.attribute(prompts, texts, **args)
-    times, cpu = [], []
-    for _ in range(3):
+    flops = unrolled_flops(pipeline._attribute_jit, model.adapter, batch, None, **call)
+    args["show_progress"] = False
+
+    def timed():
         t, c = time.perf_counter(), time.process_time()
-        jax.block_until_ready(model.attribute(prompts, texts, **args).batches)
-        times.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return flops, statistics.median(times), statistics.median(cpu), out
+        out = model.attribute(prompts, texts, **args)
+        jax.block_until_ready(out.batches)
+        return time.perf_counter() - t, time.process_time() - c, out
+    timed()
+    return flops, timed
 
 
 def compile_time(layers, tok):
@@ -102,19 +125,27 @@ def compile_time(layers, tok):
     return time.perf_counter() - t, time.process_time() - c
 
 
-def main():
+def main(argv=None):
+    import argparse
     import numpy as np
     import transformers as T
     import jaxattr
     from _pt_export import export_pt_safetensors
     from jaxattr.models import NativeDecoder
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("part", nargs="?", default="all", choices=("all", "compile", "speed"))
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="interleaved warm rounds (one call of each path, order alternating)")
+    ap.add_argument("--ig-steps", type=int, default=16, help="integrated gradients n_steps")
+    args = ap.parse_args(argv)
     tok = T.AutoTokenizer.from_pretrained(os.path.join(HERE, "native_side", "tokenizer"))
-    print(f"load average {os.getloadavg()[0]:.1f} (shared machine)", flush=True)
-    ct = {n: compile_time(n, tok) for n in (4, 32)}
-    print(f"compile (saliency program, native), CPU seconds (wall): 4 layers {ct[4][1]:.1f} "
-          f"({ct[4][0]:.1f}), 32 layers {ct[32][1]:.1f} ({ct[32][0]:.1f}); CPU ratio "
-          f"{ct[32][1] / ct[4][1]:.2f}", flush=True)
-    if sys.argv[1:] == ["compile"]:
+    print(f"load average {os.getloadavg()} (shared machine)", flush=True)
+    if args.part in ("all", "compile"):
+        ct = {n: compile_time(n, tok) for n in (4, 32)}
+        print(f"compile (saliency program, native), CPU seconds (wall): 4 layers {ct[4][1]:.1f} "
+              f"({ct[4][0]:.1f}), 32 layers {ct[32][1]:.1f} ({ct[32][0]:.1f}); CPU ratio "
+              f"{ct[32][1] / ct[4][1]:.2f}", flush=True)
+    if args.part == "compile":
         return
     flax_model = T.FlaxLlamaForCausalLM(llama_config(), seed=0)
     with tempfile.TemporaryDirectory() as d:
@@ -124,22 +155,45 @@ def main():
     legacy = jaxattr.load_model(flax_model, tokenizer=tok)
     prompts, texts = map(list, zip(*workload(tok)))
     rows = []
-    for method, kw in (("saliency", {}), ("integrated_gradients", {"n_steps": 16})):
-        res = {}
+    for method, kw in (("saliency", {}), ("integrated_gradients", {"n_steps": args.ig_steps})):
+        flops, calls = {}, {}
         for name, model in (("flax", legacy), ("native", native)):
-            res[name] = measure(model, prompts, texts, method, **kw)
+            flops[name], calls[name] = prepare_call(model, prompts, texts, method, **kw)
+        wall = {"flax": [], "native": []}
+        cpu = {"flax": [], "native": []}
+        ratios, cpu_ratios, outs = [], [], {}
+        for r in range(args.rounds):
+            order = ("flax", "native") if r % 2 == 0 else ("native", "flax")
+            for name in order:
+                t, c, outs[name] = calls[name]()
+                wall[name].append(t)
+                cpu[name].append(c)
+            # FLOP/s ratio native / flax in this round
+            ratios.append(flops["native"] / wall["native"][-1] / (flops["flax"] / wall["flax"][-1]))
+            cpu_ratios.append(flops["native"] / cpu["native"][-1]
+                              / (flops["flax"] / cpu["flax"][-1]))
+            print(f"{method} round {r}: flax {wall['flax'][-1]:.2f} s, native "
+                  f"{wall['native'][-1]:.2f} s, FLOP/s ratio native/flax {ratios[-1]:.2f} "
+                  f"(CPU {cpu_ratios[-1]:.2f}), load {os.getloadavg()[0]:.1f}", flush=True)
         a, b = (np.concatenate([np.nan_to_num(s.target_attributions).ravel()
-                                for s in res[k][3].sequence_attributions]) for k in res)
+                                for s in outs[k].sequence_attributions])
+                for k in ("flax", "native"))
         err = np.abs(a - b).max() / np.abs(a).max()
-        for name, (flops, t, c, _) in res.items():
-            rows.append((method, name, flops, t, c, err))
-            print(f"{method:<22}{name:<8}{flops / 1e9:8.1f} GFLOP {t:7.2f} s wall {c:7.2f} s "
-                  f"CPU {flops / c / 1e9:7.1f} GFLOP/CPU-s  max|diff|/max {err:.1e}", flush=True)
-    print("\n| method | path | GFLOP | warm wall s | warm CPU s | GFLOP per CPU-s |")
+        for name in ("flax", "native"):
+            t, c = statistics.median(wall[name]), statistics.median(cpu[name])
+            rows.append((method, name, flops[name], t, c, err))
+            print(f"{method:<22}{name:<8}{flops[name] / 1e9:8.1f} GFLOP {t:7.2f} s wall "
+                  f"{c:7.2f} s CPU {flops[name] / t / 1e9:7.1f} GFLOP/s  max|diff|/max "
+                  f"{err:.1e}", flush=True)
+        print(f"{method}: FLOP/s native / flax, median of {args.rounds} per-round ratios: "
+              f"wall {statistics.median(ratios):.2f}, CPU {statistics.median(cpu_ratios):.2f}",
+              flush=True)
+    print("\n| method | path | GFLOP | warm wall s | warm CPU s | GFLOP/s (wall) |")
     print("|---|---|---|---|---|---|")
-    for method, name, flops, t, c, _ in rows:
-        print(f"| {method} | {name} | {flops / 1e9:.1f} | {t:.2f} | {c:.2f} | "
-              f"{flops / c / 1e9:.1f} |")
+    for method, name, flops_, t, c, _ in rows:
+        print(f"| {method} | {name} | {flops_ / 1e9:.1f} | {t:.2f} | {c:.2f} | "
+              f"{flops_ / t / 1e9:.1f} |")
+    print(f"uptime: {os.getloadavg()}")
 
 
 if __name__ == "__main__":
