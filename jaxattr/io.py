@@ -36,6 +36,9 @@ from typing import Any, Iterable, Union
 import numpy as np
 
 from . import views as _views
+# ResultFileError lives in the low-level npz_store (result classes raise it without importing
+# io); re-exported here and as jaxattr.ResultFileError (one class).
+from .npz_store import ResultFileError, atomic_write
 
 __all__ = ["save", "load", "dumps", "loads", "ResultFileError", "FORMAT", "FORMAT_VERSION",
            "scores_dict", "to_dataframe"]
@@ -43,10 +46,6 @@ __all__ = ["save", "load", "dumps", "loads", "ResultFileError", "FORMAT", "FORMA
 FORMAT = "jaxattr.attributions"
 FORMAT_VERSION = 1
 _DTYPES = {"float16": np.float16, "float32": np.float32, "float64": np.float64}
-
-
-class ResultFileError(ValueError):
-    """A results file that cannot be read: not JSON, truncated, or not in jaxattr's format."""
 
 
 # --------------------------------------------------------------------------- writing
@@ -210,14 +209,7 @@ def save(out, path: Union[str, os.PathLike], *, overwrite: bool = True,
         compress = path.suffix == ".gz"
     if compress:
         data = gzip.compress(data, mtime=0)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # never leave a stray .tmp behind
-        raise
-    return path
+    return atomic_write(path, lambda fh: fh.write(data))
 
 
 # --------------------------------------------------------------------------- reading

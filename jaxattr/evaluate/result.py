@@ -1,18 +1,21 @@
 """``FaithfulnessResult``: per-step faithfulness values as a pytree, with views and save/load."""
 from __future__ import annotations
 
-import json
 import os
 from typing import Optional, Sequence
 
 import numpy as np
 from flax import struct
 
+from ..npz_store import ResultFileError, load_npz, save_npz
 from .rationale import DIRECTIONS
 
 __all__ = ["FaithfulnessResult", "load_faithfulness", "SummaryMethods"]
 
 _FORMAT = "jaxattr.faithfulness"
+_VERSION = 1
+_HEADER = "header"
+_GROUPS = ("values", "bin_values", "curves")
 
 
 def _direction(metric: str) -> int:
@@ -152,34 +155,33 @@ class FaithfulnessResult(SummaryMethods):
 
     # -- save / load --------------------------------------------------------------------------
     def save(self, path) -> None:
-        """Write a ``.npz`` file (arrays plus the info as JSON; no pickle)."""
+        """Write a ``.npz`` file atomically (arrays plus the info as a JSON header; no
+        pickle; :func:`jaxattr.npz_store.save_npz`)."""
         arrays = {"curve_x": np.asarray(self.curve_x), "step_mask": np.asarray(self.step_mask)}
-        for group in ("values", "bin_values", "curves"):
+        for group in _GROUPS:
             for k, v in getattr(self, group).items():
                 arrays[f"{group}/{k}"] = np.asarray(v)
-        header = json.dumps({"format": _FORMAT, "format_version": 1, "info": self.info})
-        arrays["header"] = np.array(header)
-        with open(os.fspath(path), "wb") as f:
-            np.savez(f, **arrays)
+        save_npz(path, arrays, {"format": _FORMAT, "format_version": _VERSION,
+                                "info": self.info}, header_key=_HEADER)
 
     @classmethod
     def load(cls, path) -> "FaithfulnessResult":
-        """Read a file written by :meth:`save`."""
-        with np.load(os.fspath(path), allow_pickle=False) as z:
-            if "header" not in z.files:
-                raise ValueError(f"{os.fspath(path)} is not a jaxattr faithfulness file.")
-            header = json.loads(str(z["header"]))
-            if header.get("format") != _FORMAT:
-                raise ValueError(f"{os.fspath(path)} holds {header.get('format')!r}, not "
-                                 f"{_FORMAT!r}.")
-            groups = {"values": {}, "bin_values": {}, "curves": {}}
-            for name in z.files:
-                if "/" in name:
-                    g, k = name.split("/", 1)
-                    groups[g][k] = z[name]
-            return cls(values=groups["values"], bin_values=groups["bin_values"],
-                       curves=groups["curves"], curve_x=z["curve_x"], step_mask=z["step_mask"],
-                       info=header["info"])
+        """Read a file written by :meth:`save` (raises :class:`~jaxattr.ResultFileError`
+        naming the file when it is not one)."""
+        header, arrays = load_npz(path, format=_FORMAT, version=_VERSION,
+                                  what="faithfulness", header_key=_HEADER)
+        groups = {g: {} for g in _GROUPS}
+        for name, a in arrays.items():
+            if "/" in name:
+                g, k = name.split("/", 1)
+                if g not in groups:
+                    raise ResultFileError(f"{os.fspath(path)}: unknown array group {g!r}.")
+                groups[g][k] = a
+        missing = [k for k in ("curve_x", "step_mask") if k not in arrays]
+        if missing:
+            raise ResultFileError(f"{os.fspath(path)}: missing arrays {missing}.")
+        return cls(**groups, curve_x=arrays["curve_x"], step_mask=arrays["step_mask"],
+                   info=header.get("info", {}))
 
 
 def load_faithfulness(path) -> FaithfulnessResult:

@@ -3,7 +3,6 @@ an exact save / load (``.npz`` with a JSON header; no pickle)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, Union
@@ -11,6 +10,7 @@ from typing import Any, Union
 import numpy as np
 
 from .. import views
+from ..npz_store import ResultFileError, load_npz, save_npz
 
 __all__ = ["PatchingResult", "TraceResult", "TraceAverage", "MediationResult", "load_result"]
 
@@ -50,12 +50,7 @@ class _Saved:
                 meta[f.name] = v
         header = {"format": _FORMAT, "format_version": _VERSION, "kind": type(self).__name__,
                   "meta": meta}
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            np.savez(fh, __header__=np.array(json.dumps(header)), **arrays)
-        os.replace(tmp, path)
-        return path
+        return save_npz(path, arrays, header)
 
 
 def _tuplify(v):
@@ -64,26 +59,20 @@ def _tuplify(v):
 
 def load_result(path: Union[str, os.PathLike]):
     """Read a result written by ``.save(path)`` of any intervention result."""
-    from ..io import ResultFileError
-    try:
-        with np.load(os.fspath(path), allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise ResultFileError(f"{path}: not an intervention result file ({e}).") from None
-    if "__header__" not in arrays:
-        raise ResultFileError(f"{path}: not an intervention result file (no header).")
-    header = json.loads(str(arrays.pop("__header__")))
-    if header.get("format") != _FORMAT:
-        raise ResultFileError(f"{path}: holds {header.get('format')!r}, not {_FORMAT!r}.")
-    if header.get("format_version", 0) > _VERSION:
-        raise ResultFileError(f"{path}: format_version {header['format_version']} is newer "
-                              f"than this jaxattr reads ({_VERSION}); upgrade jaxattr.")
+    header, arrays = load_npz(path, format=_FORMAT, version=_VERSION,
+                              what="intervention result")
     cls = {c.__name__: c for c in (PatchingResult, TraceResult, TraceAverage,
                                    MediationResult)}.get(header.get("kind"))
     if cls is None:
         raise ResultFileError(f"{path}: unknown result kind {header.get('kind')!r}.")
-    meta = {k: (v if k == "info" else _tuplify(v)) for k, v in header["meta"].items()}
-    return cls(**arrays, **meta)
+    meta = header.get("meta")
+    if not isinstance(meta, dict):
+        raise ResultFileError(f"{os.fspath(path)}: the header has no \"meta\" object.")
+    meta = {k: (v if k == "info" else _tuplify(v)) for k, v in meta.items()}
+    try:
+        return cls(**arrays, **meta)
+    except TypeError as e:
+        raise ResultFileError(f"{os.fspath(path)}: fields do not fit {cls.__name__} ({e}).") from None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,7 @@ import numpy as np
 from flax import struct
 
 from .. import views
+from ..npz_store import ResultFileError, atomic_write, check_header
 
 __all__ = ["ProbeResult", "load", "FORMAT", "FORMAT_VERSION"]
 
@@ -117,8 +118,8 @@ class ProbeResult:
                "arrays": {k: enc(getattr(self, k)) for k in _ARRAYS},
                "static": {k: getattr(self, k) for k in _STATIC}}
         doc["static"]["spec"] = [list(p) for p in self.spec]
-        Path(path).write_text(json.dumps(doc, indent=1), encoding="utf-8")
-        return Path(path)
+        data = json.dumps(doc, indent=1).encode("utf-8")
+        return atomic_write(path, lambda fh: fh.write(data))
 
 
 def _tuple(v):
@@ -127,16 +128,11 @@ def _tuple(v):
 
 def load(path: Union[str, os.PathLike]) -> ProbeResult:
     """Read a :class:`ProbeResult` written by :meth:`ProbeResult.save`."""
-    from ..io import ResultFileError
     try:
         doc = json.loads(Path(path).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ResultFileError(f"{path} is not a JSON probing result: {e}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise ResultFileError(f"{path} is not a jaxattr probing result (format {FORMAT!r}).")
-    if doc.get("format_version", 0) > FORMAT_VERSION:
-        raise ResultFileError(f"{path} has format_version {doc['format_version']}; this "
-                              f"jaxattr reads up to {FORMAT_VERSION}. Upgrade jaxattr.")
+    check_header(doc, path=path, format=FORMAT, version=FORMAT_VERSION, what="probing result")
 
     def dec(v):
         if v is None:
