@@ -209,7 +209,7 @@ def save(out, path: Union[str, os.PathLike], *, overwrite: bool = True,
         compress = path.suffix == ".gz"
     if compress:
         data = gzip.compress(data, mtime=0)
-    return atomic_write(path, lambda fh: fh.write(data))
+    return atomic_write(path, data)
 
 
 # --------------------------------------------------------------------------- reading

@@ -34,15 +34,23 @@ class ResultFileError(ValueError):
     """A results file that cannot be read: not JSON, truncated, or not in jaxattr's format."""
 
 
-def atomic_write(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(fh)`` on ``<path>.tmp`` opened for binary writing, then rename it onto
-    ``path``. On any failure (including ``KeyboardInterrupt``) the ``.tmp`` is removed and
-    ``path`` is left as it was. Returns ``Path(path)``."""
+def atomic_write(path: PathLike, write: Union[bytes, Callable[[BinaryIO], Any]], *,
+                 fsync: bool = True) -> Path:
+    """Write ``<path>.tmp`` (``write`` is the bytes, or ``write(fh)`` fills the file opened for
+    binary writing), flush it to disk (``fsync=True``: a crash after the rename cannot leave an
+    empty file) and rename it onto ``path``. On any failure (including ``KeyboardInterrupt``)
+    the ``.tmp`` is removed and ``path`` is left as it was. Returns ``Path(path)``."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as fh:
-            write(fh)
+            if isinstance(write, (bytes, bytearray, memoryview)):
+                fh.write(write)
+            else:
+                write(fh)
+            if fsync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)  # never leave a stray .tmp behind

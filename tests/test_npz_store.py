@@ -121,6 +121,8 @@ def test_atomic_write_leaves_no_tmp_and_keeps_the_old_file_on_failure(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.bin"]
     atomic_write(target, lambda fh: fh.write(b"new"))
     assert target.read_bytes() == b"new"
+    atomic_write(target, b"bytes", fsync=False)
+    assert target.read_bytes() == b"bytes"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.bin"]
 
 

@@ -15,20 +15,12 @@ import jax
 import numpy as np
 from flax import serialization
 
+from ..npz_store import atomic_write
 from .tuned import TunedLens
 
 __all__ = ["save_lens", "load_lens", "lens_metadata", "save_state", "load_state"]
 
 PathLike = Union[str, os.PathLike]
-
-
-def _atomic_write(path: PathLike, data: bytes) -> None:
-    tmp = f"{os.fspath(path)}.tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def save_lens(path: PathLike, lens: TunedLens, *, metadata: Optional[dict] = None) -> str:
@@ -40,7 +32,7 @@ def save_lens(path: PathLike, lens: TunedLens, *, metadata: Optional[dict] = Non
     meta = {"format": "jaxattr.TunedLens", "n_layers": str(lens.n_layers),
             "hidden": str(lens.hidden)}
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
-    _atomic_write(path, save(tensors, metadata=meta))
+    atomic_write(path, save(tensors, metadata=meta))
     return os.fspath(path)
 
 
@@ -76,7 +68,7 @@ def load_lens(path: PathLike, *, expect: Optional[tuple] = None) -> TunedLens:
 
 def save_state(path: PathLike, state) -> str:
     """Write a :class:`~jaxattr.lens.train.TrainState` as msgpack. Returns the path."""
-    _atomic_write(path, serialization.to_bytes(jax.device_get(state)))
+    atomic_write(path, serialization.to_bytes(jax.device_get(state)))
     return os.fspath(path)
 
 

@@ -119,7 +119,7 @@ class ProbeResult:
                "static": {k: getattr(self, k) for k in _STATIC}}
         doc["static"]["spec"] = [list(p) for p in self.spec]
         data = json.dumps(doc, indent=1).encode("utf-8")
-        return atomic_write(path, lambda fh: fh.write(data))
+        return atomic_write(path, data)
 
 
 def _tuple(v):
