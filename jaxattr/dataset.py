@@ -22,8 +22,10 @@ import sys
 from typing import Iterator, Optional
 
 from .encoding import InputError
+from .npz_store import atomic_write
 
-__all__ = ["read_rows", "completed_rows", "attribute_dataset", "run_identity", "RunMismatchError"]
+__all__ = ["read_rows", "completed_rows", "attribute_dataset", "run_identity", "RunMismatchError",
+           "write_chunks"]
 
 
 class RunMismatchError(ValueError):
@@ -186,12 +188,7 @@ def _check_run(output: str, identity: dict, has_rows: bool) -> None:
     elif has_rows:
         raise RunMismatchError(f"{output} already holds rows but no {sidecar} says which run "
                                f"wrote them, so resuming could mix two runs. {how}")
-    tmp = sidecar + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(identity, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, sidecar)
+    atomic_write(sidecar, json.dumps(identity, indent=1, sort_keys=True).encode("utf-8"))
 
 
 def _append(f, records):
@@ -199,6 +196,41 @@ def _append(f, records):
         f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     f.flush()
     os.fsync(f.fileno())
+
+
+def write_chunks(output: str, errors: list, chunks: list, run_chunk, *,
+                 first: Optional[list] = None, total: int, desc: str,
+                 show_progress: bool, log) -> dict:
+    """The resumable writing loop shared by the dataset commands: append the host-side
+    ``errors`` (rows ``{"index", "error"}``) as error lines, then ``run_chunk(chunk)`` (a list
+    of records, ``{"index", "result"}`` or ``{"index", "error"}``) for each of ``chunks``,
+    appending and fsyncing each chunk's lines as soon as it is done (a kill loses at most the
+    chunk in flight; :func:`completed_rows` drops a cut last line). ``first``: the records of
+    ``chunks[0]`` when the caller already computed them (to fail on a bad option before
+    writing). A ``tqdm`` bar of ``total`` rows when ``show_progress``.
+
+    Returns ``{"done": result lines written, "errors": error lines written}``."""
+    counts = {"done": 0, "errors": len(errors)}
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, desc=desc, unit="row")
+    with open(output, "a", encoding="utf-8") as f:
+        for r in errors:
+            print(f"row {r['index']}: skipped: {r['error']}", file=log)
+        _append(f, [{"index": r["index"], "error": r["error"]} for r in errors])
+        if bar is not None:
+            bar.update(len(errors))
+        for b, chunk in enumerate(chunks):
+            records = first if (b == 0 and first is not None) else run_chunk(chunk)
+            _append(f, records)
+            counts["done"] += sum("result" in r for r in records)
+            counts["errors"] += sum("error" in r for r in records)
+            if bar is not None:
+                bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
+    return counts
 
 
 def _result_record(row, seq, info) -> dict:
@@ -253,27 +285,11 @@ def attribute_dataset(model, input_file: str, output: str, *, input_field: Optio
     # The first batch runs before anything is written: an option error raises here.
     first = _attribute_chunk(model, chunks[0], batch_size, attribute_kwargs, log) if chunks \
         else []
-    bar = None
-    if show_progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(todo), desc="Attributing", unit="row")
-    with open(output, "a", encoding="utf-8") as f:
-        for r in errors:
-            print(f"row {r['index']}: skipped: {r['error']}", file=log)
-        _append(f, [{"index": r["index"], "error": r["error"]} for r in errors])
-        counts["errors"] = len(errors)
-        if bar is not None:
-            bar.update(len(errors))
-        for b, chunk in enumerate(chunks):
-            records = first if b == 0 else _attribute_chunk(model, chunk, batch_size,
-                                                            attribute_kwargs, log)
-            _append(f, records)
-            counts["done"] += sum("result" in r for r in records)
-            counts["errors"] += sum("error" in r for r in records)
-            if bar is not None:
-                bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+    counts.update(write_chunks(
+        output, errors, chunks,
+        lambda chunk: _attribute_chunk(model, chunk, batch_size, attribute_kwargs, log),
+        first=first, total=len(todo), desc="Attributing", show_progress=show_progress,
+        log=log))
     return counts
 
 

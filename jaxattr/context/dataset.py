@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Optional
 
-from ..dataset import _append, completed_rows
+from ..dataset import completed_rows, write_chunks
 from ..encoding import InputError
 from .pecore import attribute_context
 
@@ -62,29 +62,15 @@ def attribute_context_dataset(model, input_file: str, output: str, *, batch_size
     done = completed_rows(output)
     todo = [r for r in rows if r["index"] not in done]
     counts = {"done": 0, "skipped": len(rows) - len(todo), "errors": 0, "total": len(rows)}
-    bar = None
-    if show_progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=len(todo), desc="Context attribution", unit="row")
-    with open(output, "a", encoding="utf-8") as f:
-        errors = [r for r in todo if "error" in r]
-        good = [r for r in todo if "error" not in r]
-        for r in errors:
-            print(f"row {r['index']}: skipped: {r['error']}", file=log)
-        _append(f, [{"index": r["index"], "error": r["error"]} for r in errors])
-        counts["errors"] += len(errors)
-        for b, start in enumerate(range(0, len(good), batch_size)):
-            if max_batches is not None and b >= max_batches:
-                break
-            chunk = good[start:start + batch_size]
-            records = _chunk(model, chunk, kwargs, log)
-            _append(f, records)
-            counts["done"] += sum("result" in r for r in records)
-            counts["errors"] += sum("error" in r for r in records)
-            if bar is not None:
-                bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+    errors = [r for r in todo if "error" in r]
+    good = [r for r in todo if "error" not in r]
+    chunks = [good[i:i + batch_size] for i in range(0, len(good), batch_size)]
+    if max_batches is not None:
+        chunks = chunks[:max_batches]
+    counts.update(write_chunks(output, errors, chunks,
+                               lambda chunk: _chunk(model, chunk, kwargs, log),
+                               total=len(todo), desc="Context attribution",
+                               show_progress=show_progress, log=log))
     return counts
 
 
