@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 from . import _compat, aggregate, methods, targets, zoo
 _compat.silence_flax_deprecation()
 from ._cache import enable_compilation_cache
+from .compile_effort import get_compile_effort, set_compile_effort
 from .adapters import ModelAdapter, make_adapter
 from .encoding import InputError
 from .loading import UnsupportedModelError, supported_architectures
@@ -30,7 +31,6 @@ from .spec import PreparedRun, RunSpec
 from .pipeline import ModelBatch, attribute_batch
 from .results import AttributionOutput, BatchAttribution, SequenceAttribution
 from . import io
-from . import render  # fills jaxattr.views: results dispatch show/to_html/… by name
 from . import evaluate
 from . import context
 from .context import attribute_context
@@ -50,7 +50,7 @@ __all__ = [
     "smoothgrad", "smoothgrad_sq", "vargrad", "deeplift", "attention_rollout", "lime",
     "discretized_integrated_gradients", "reagent",
     # models
-    "load_model", "AttributionModel", "list_methods", "list_targets", "enable_compilation_cache", "ModelAdapter", "make_adapter", "supported_architectures",
+    "load_model", "AttributionModel", "list_methods", "list_targets", "enable_compilation_cache", "set_compile_effort", "get_compile_effort", "ModelAdapter", "make_adapter", "supported_architectures",
     "ModelBatch", "attribute_batch", "PreparedRun", "RunSpec",
     # targets
     "TargetBatch", "get_target", "register_target",
@@ -66,3 +66,25 @@ __all__ = [
     # analyses
     "logit_lens", "interventions", "activation_patching", "causal_mediation", "causal_trace",
 ]
+
+# Result objects dispatch their renderings by name (jaxattr.views); the renderers are wired
+# here, lazily, so that neither the results nor `import jaxattr` import jaxattr.render.
+from . import views as _views  # noqa: E402
+
+for _name, _target in (
+        ("to_text", "jaxattr.render:to_text"), ("to_html", "jaxattr.render:to_html"),
+        ("show", "jaxattr.render:show"), ("to_figure", "jaxattr.render:to_figure"),
+        ("lens_text", "jaxattr.render.lens:lens_text"),
+        ("lens_html", "jaxattr.render.lens:lens_html"),
+        ("lens_figure", "jaxattr.render.lens:lens_figure"),
+        ("lens_show", "jaxattr.render:lens_show"),
+        ("probe_table", "jaxattr.render.probing:probe_table"),
+        ("probe_figure", "jaxattr.render.probing:probe_figure"),
+        ("context_to_text", "jaxattr.render.context:context_to_text"),
+        ("context_to_html", "jaxattr.render.context:context_to_html"),
+        ("context_show", "jaxattr.render:context_show"),
+        ("grid_text", "jaxattr.render.grid:grid_text"),
+        ("grid_html", "jaxattr.render.grid:grid_html"),
+        ("grid_figure", "jaxattr.render.grid:grid_figure")):
+    _views.provide_lazy(_name, _target)
+del _name, _target

@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
+from .compile_effort import EffortJit
 from .encoding import bucket_length
 
 __all__ = ["GreedySpec", "greedy_spec", "greedy_new_tokens", "new_tokens"]
@@ -90,7 +91,8 @@ def _last_logits(adapter, target_ids, target_mask, source_ids, source_mask, last
     return out["logits"][:, 0].astype(np.float32)
 
 
-_last_logits_jit = jax.jit(_last_logits)
+_last_logits_jits = EffortJit(_last_logits)
+_last_logits_jit = _last_logits_jits.full
 
 
 def _process(logits: np.ndarray, spec: GreedySpec, cur_len: int, max_length: int) -> np.ndarray:
@@ -120,7 +122,7 @@ def greedy_new_tokens(adapter, spec: GreedySpec, prompts: Sequence[Sequence[int]
     The buffers have bucketed lengths (:func:`~jaxattr.encoding.bucket_length`), so the step
     compiles once per batch size and bucket.
     """
-    step = _last_logits_jit if jit else _last_logits
+    step = _last_logits_jits.pick(adapter.params) if jit else _last_logits
     n_rows, n_new = len(prompts), spec.max_new_tokens
     lengths = np.array([len(p) for p in prompts])
     enc_dec = decoder_start_token_id is not None

@@ -27,7 +27,8 @@ from .methods.monotonic_paths import knn_graph
 __all__ = ["cached_knn_graph", "knn_cache_dir", "table_digest"]
 
 _FORMAT = 1  # bump when knn_graph's output changes
-_MEMORY: dict = {}
+_MEMORY: dict = {}  # digest -> indices, the most recent _MEMORY_SIZE tables
+_MEMORY_SIZE = 4
 _knn_jit = jax.jit(knn_graph, static_argnames=("n_neighbors", "row_batch", "refine"))
 
 
@@ -84,4 +85,6 @@ def cached_knn_graph(vocabulary, n_neighbors: int = 50, *,
             os.replace(tmp, path)
     out = jax.numpy.asarray(indices)
     _MEMORY[key] = out
+    while len(_MEMORY) > _MEMORY_SIZE:
+        _MEMORY.pop(next(iter(_MEMORY)))
     return out

@@ -18,11 +18,13 @@ from flax import struct
 
 from .adapters import ModelAdapter
 from .baselines import BaselineSet
+from .compile_effort import EffortJit
 from .internals.sites import SiteError, is_raw_path, parse_site, resolve_sites
 from .methods._common import as_key, example_identity
 from .methods.attention_rollout import attention_rollout
 from .methods.deeplift import RESCALE_NEEDS_NATIVE, deeplift
 from .methods.gradient import input_x_gradient, saliency
+from .methods.integrated_gradients import integrated_gradients
 from .methods.needs import needs_of
 from .methods.separable import is_separable, step_separable
 from .prefix_groups import (check_prefix_groups, one_pass_flops, plan_prefix_groups,
@@ -33,7 +35,7 @@ from .value_zeroing import normalize_scores, value_zeroing_scores
 
 __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs",
            "keyword_names", "example_ids", "example_keys", "dropout_keys", "resolve_layer",
-           "prefix_plan",
+           "prefix_plan", "exact_plan", "EXACT_NEEDS_NATIVE",
            "ATTENTION_METHODS", "ROLLOUT_ENC_DEC_ERROR"]
 
 # Methods read from forwards alone (no score function, no gradient): the attention patterns
@@ -245,7 +247,8 @@ def _attributed_inputs(adapter, batch, baseline, run, emb: dict, all_embeds: dic
 def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, method, method_kwargs,
                     target_fn, target_kwargs, step_fns, attribute_source, attribute_target,
                     contrast_forward=False, n_dropout=0, dropout_seed=0, layer=None,
-                    reduce_hidden=None, split_head=True, method_arrays=None):
+                    reduce_hidden=None, split_head=True, method_arrays=None,
+                    causal_chunks=None):
     common = dict(method=method, method_kwargs=method_kwargs, target_fn=target_fn,
                   target_kwargs=target_kwargs, step_fns=step_fns, contrast_forward=contrast_forward,
                   n_dropout=n_dropout, dropout_seed=dropout_seed, reduce_hidden=reduce_hidden,
@@ -295,6 +298,9 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     score_fn = _score_fn(forward, batch, tbatch, target_fn=target_fn,
                          target_kwargs=target_kwargs, split=split, n_dropout=n_dropout,
                          dropout_seed=dropout_seed)
+    if causal_chunks is not None:
+        score_fn.per_output_grads = _causal_chunk_grads(adapter, batch, tbatch, target_fn,
+                                                        target_kwargs, causal_chunks)
     kwargs = _call_kwargs(method, needs, method_kwargs, batch, x, base_x, layer=layer)
     if needs.token_inputs:
         kwargs.update(_token_inputs(adapter, batch, needs, x, layer,
@@ -316,6 +322,54 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     parts = [_assemble({side: attr[name]}, batch, step_scores, attribute_source,
                        attribute_target, reduce_hidden) for name in layer]
     return parts[0] if len(parts) == 1 else _stack_sites(parts)
+
+
+def _causal_chunk_grads(adapter, batch: ModelBatch, tbatch: TargetBatch, target_fn,
+                        target_kwargs, groups: tuple) -> Callable:
+    """``x -> (scores, grads, aux)``, the per-step gradients of the score function with exact
+    causal truncation (the native decoder's ``causal_step_grads``), in place of the one-pass
+    VJP (:func:`jaxattr.methods.per_output_grads` uses it)."""
+    def score_of(logits):
+        return target_fn(logits, tbatch, **dict(target_kwargs)) * batch.step_mask
+
+    def grads_of(xd):
+        if set(xd) != {"target"}:
+            raise ValueError("prefix_groups='exact' attributes the target embeddings of a "
+                             "decoder-only model only.")
+        scores, logits, grads = adapter.causal_step_grads(
+            target_ids=batch.target_ids, target_mask=batch.target_mask,
+            target_embeds=xd["target"], positions=batch.step_positions - 1,
+            score_of=score_of, groups=groups)
+        return scores, {"target": grads}, (logits, tbatch, scores)
+
+    return grads_of
+
+
+# Methods whose attributions come from per-output gradients of the clean score function
+# (per_output_grads), the ones exact causal truncation serves.
+_EXACT_METHODS = (saliency, input_x_gradient, integrated_gradients)
+EXACT_NEEDS_NATIVE = (
+    "prefix_groups='exact' (exact causal truncation) needs a model whose forward is jaxattr's "
+    "own (the native llama-like family, jaxattr.models); this model runs through another "
+    "backend. Use prefix_groups='auto' or an int.")
+
+
+def _check_exact(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropout,
+                 layer) -> None:
+    """Raise a ``ValueError`` naming what to change unless exact causal truncation applies."""
+    if not hasattr(adapter, "causal_step_grads"):
+        raise ValueError(EXACT_NEEDS_NATIVE)
+    name = getattr(method, "__name__", str(method))
+    if method not in _EXACT_METHODS:
+        raise ValueError(f"prefix_groups='exact' serves saliency, input_x_gradient and "
+                         f"integrated_gradients; method "
+                         f"{name!r} runs with prefix_groups='auto' or an int.")
+    if not _groupable(adapter, batch, baseline, method=method, target_fn=target_fn,
+                      step_fns=step_fns, n_dropout=n_dropout, layer=layer):
+        raise ValueError("prefix_groups='exact' needs what prefix groups need: token "
+                         "embeddings attributed (no layer), step-separable targets and step "
+                         "scores, no MC dropout, a baseline without a position axis, and a "
+                         "concrete batch (not under an outer jit). Use prefix_groups=1.")
 
 
 def _score_fn(forward, batch: ModelBatch, tbatch: TargetBatch, *, target_fn, target_kwargs,
@@ -573,16 +627,21 @@ def _traced(*args, **kwargs):
     return _attribute_impl(*args, **kwargs)
 
 
-_attribute_jit = jax.jit(_traced, static_argnames=(
+# Each program has a full-optimisation and a fast-compile jit (jaxattr.compile_effort picks
+# by the model's size); ``_attribute_jit`` & co. name the full ones (benchmarks lower them).
+_attribute_jits = EffortJit(_traced, static_argnames=(
     "method", "method_kwargs", "target_fn", "target_kwargs", "step_fns", "attribute_source",
     "attribute_target", "contrast_forward", "n_dropout", "dropout_seed", "layer",
-    "reduce_hidden", "split_head"))
-_attention_jit = jax.jit(_attention_impl, static_argnames=(
+    "reduce_hidden", "split_head", "causal_chunks"))
+_attention_jits = EffortJit(_attention_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
     "contrast_forward", "reduce_hidden", "rollout"))
-_value_zeroing_jit = jax.jit(_value_zeroing_impl, static_argnames=(
+_value_zeroing_jits = EffortJit(_value_zeroing_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
     "contrast_forward", "reduce_hidden"))
+_attribute_jit = _attribute_jits.full
+_attention_jit = _attention_jits.full
+_value_zeroing_jit = _value_zeroing_jits.full
 
 
 def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = None, *,
@@ -630,7 +689,11 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
         running, not compiling, dominates); an int ``K`` asks for ``K`` groups, 1 for none.
         Applies when the batch is concrete (not traced by an outer ``jit``), the target and
         step scores are step-separable, and no layer, MC dropout or per-position baseline
-        array is used; otherwise the one-pass program runs.
+        array is used; otherwise the one-pass program runs. ``"exact"`` (native decoders,
+        saliency / input x gradient / integrated gradients): exact causal truncation, one
+        forward whose position blocks each step back-propagates through only up to the
+        positions it sees (:mod:`jaxattr.models.causal_chunks`); a clear error where it does
+        not apply.
       jit: run through the cached ``jax.jit`` (default) or eagerly.
 
     Returns:
@@ -649,6 +712,10 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
         # Named before prefix groups cut the target: every group keys on the whole example.
         args = (adapter, batch.replace(example_ids=example_ids(batch))) + tuple(args[2:])
         batch = args[1]
+    if prefix_groups == "exact":
+        _check_exact(adapter, batch, baseline, method=method, target_fn=target_fn,
+                     step_fns=step_fns, n_dropout=n_dropout, layer=layer)
+        return fn(*args, **kwargs, causal_chunks=exact_plan(batch))
     groups = ()
     if _groupable(adapter, batch, baseline, method=method, target_fn=target_fn,
                   step_fns=step_fns, n_dropout=n_dropout, layer=layer):
@@ -658,6 +725,13 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
     parts = [fn(adapter, truncate_batch(batch, a, b, p), *args[2:], **kwargs)
              for a, b, p in groups]
     return stitch_groups(parts, batch)
+
+
+def exact_plan(batch: ModelBatch) -> tuple:
+    """The step groups ``((a, b, P), ...)`` of exact causal truncation
+    (:func:`jaxattr.models.causal_chunks.plan_causal_chunks`)."""
+    from .models.causal_chunks import plan_causal_chunks
+    return plan_causal_chunks(np.asarray(batch.step_positions), batch.target_ids.shape[1])
 
 
 def prefix_plan(adapter: ModelAdapter, batch: ModelBatch, prefix_groups) -> tuple:
@@ -689,11 +763,14 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
 def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,
           method_kwargs=(), split_head=True, method_arrays=None, **common):
     if method == "value_zeroing":
-        return (_value_zeroing_jit if jit else _value_zeroing_impl), (adapter, batch), common
+        return ((_value_zeroing_jits.pick(adapter.params) if jit else _value_zeroing_impl),
+                (adapter, batch), common)
     if method in ATTENTION_METHODS:
         common = dict(common, rollout=method == "attention_rollout")
-        return (_attention_jit if jit else _attention_impl), (adapter, batch), common
-    return ((_attribute_jit if jit else _attribute_impl), (adapter, batch, baseline),
+        return ((_attention_jits.pick(adapter.params) if jit else _attention_impl),
+                (adapter, batch), common)
+    return ((_attribute_jits.pick(adapter.params) if jit else _attribute_impl),
+            (adapter, batch, baseline),
             dict(common, method=method, method_kwargs=method_kwargs, n_dropout=n_dropout,
                  dropout_seed=dropout_seed, layer=layer, split_head=split_head,
                  method_arrays=method_arrays))
@@ -703,8 +780,14 @@ def compiled_attribute(adapter: ModelAdapter, batch: ModelBatch, baseline: Any =
     """Lower and compile the pipeline for ``batch`` without running it (the
     ``jax.stages.Compiled`` object: ``memory_analysis()``, ``cost_analysis()``).
 
-    Always the one-pass program: with prefix groups (``prefix_groups``, ignored here) each
-    group's program is smaller, so its memory is an upper bound of theirs."""
-    kw.pop("prefix_groups", None)
+    The one-pass program: with prefix groups (``prefix_groups`` an int or ``"auto"``, ignored
+    here) each group's program is smaller, so its memory is an upper bound of theirs. With
+    ``prefix_groups="exact"``, the program with exact causal truncation."""
+    exact = kw.pop("prefix_groups", None) == "exact"
     fn, args, kwargs = _call(adapter, batch, baseline, jit=True, **kw)
+    if exact:
+        _check_exact(adapter, batch, baseline, method=kw["method"], target_fn=kw["target_fn"],
+                     step_fns=kw.get("step_fns", ()), n_dropout=kw.get("n_dropout", 0),
+                     layer=kw.get("layer"))
+        kwargs["causal_chunks"] = exact_plan(batch)
     return fn.lower(*args, **kwargs).compile()

@@ -94,13 +94,13 @@ def plan_prefix_groups(step_positions, length: int, groups: Union[str, int] = "a
 
 
 def check_prefix_groups(groups) -> None:
-    """Raise a ``ValueError`` that says what to pass unless ``groups`` is ``"auto"`` or an
-    int ``>= 1``."""
-    if groups == "auto" or (isinstance(groups, (int, np.integer))
+    """Raise a ``ValueError`` that says what to pass unless ``groups`` is ``"auto"``,
+    ``"exact"`` or an int ``>= 1``."""
+    if groups in ("auto", "exact") or (isinstance(groups, (int, np.integer))
                             and not isinstance(groups, bool) and groups >= 1):
         return
-    raise ValueError(f"prefix_groups must be 'auto' or an int >= 1 (1 turns prefix groups "
-                     f"off), got {groups!r}.")
+    raise ValueError(f"prefix_groups must be 'auto', 'exact' (native decoders: exact causal "
+                     f"truncation) or an int >= 1 (1 turns prefix groups off), got {groups!r}.")
 
 
 def truncate_batch(batch, a: int, b: int, prefix: int):

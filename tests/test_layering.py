@@ -59,8 +59,8 @@ def _hits(path: Path, forbidden: tuple) -> list:
 
 def test_the_import_reader_sees_function_level_and_relative_imports(tmp_path):
     # the reader itself, on a file with every kind of import (else the tests below prove nothing)
-    pkg = PKG / "render" / "__init__.py"
-    assert "jaxattr.views" in imports_of(pkg)          # relative, two dots
+    assert "jaxattr.views" in imports_of(PKG / "results.py")           # relative, one dot
+    assert "jaxattr.views" in imports_of(PKG / "lens" / "trajectory.py")  # two dots
     src = PKG / "cli.py"
     assert any(n.startswith("jaxattr.render") for n in imports_of(src))  # function-level
 
@@ -75,7 +75,7 @@ def test_results_never_import_the_layers_above(name):
 
 
 @pytest.mark.parametrize("name", ["lens/trajectory.py", "probing/result.py",
-                                  "context/output.py"])
+                                  "context/output.py", "interventions/results.py"])
 def test_other_result_classes_never_import_render(name):
     assert _hits(PKG / name, ("jaxattr.render",)) == []
 
@@ -104,6 +104,23 @@ def test_results_reach_render_io_and_aggregate_through_the_registry():
                  "scores_dict", "reduce_hidden", "normalize", "aggregate_sequence",
                  "lens_text", "lens_show", "probe_table", "context_to_text", "context_show"):
         assert name in views.provided()
+
+
+def test_every_wired_view_resolves_to_a_function():
+    for name in views.provided():
+        assert callable(views.resolve(name)), name
+
+
+def test_import_jaxattr_does_not_import_render():
+    # the renderers are wired lazily: importing the package (and computing) never loads them
+    import subprocess
+    import sys
+    code = ("import sys, jaxattr\n"
+            "assert 'to_html' in jaxattr.views.provided()\n"
+            "assert not any(m.startswith('jaxattr.render') for m in sys.modules), 'render'\n")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=str(PKG.parent))
+    assert res.returncode == 0, res.stderr[-2000:]
 
 
 def test_an_unregistered_view_is_a_clear_error():

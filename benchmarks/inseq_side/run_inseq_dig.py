@@ -3,6 +3,7 @@
 Run in the SIDE env:
 
     /work/inseq-venv/bin/python benchmarks/inseq_side/run_inseq_dig.py CKPT_DIR OUT.npz
+    ... CKPT_DIR OUT.npz --marian-only    # add the Marian record (first sentence) to OUT.npz
 
 Same .npz layout as run_inseq.py for the attribution calls (same texts), plus the
 monotonic paths Inseq's ``MonotonicPathBuilder`` builds and its kNN graph:
@@ -77,8 +78,8 @@ def record_paths(rec: Recorder, model, name: str, pairs):
 
 
 def main():
-    if len(sys.argv) != 3:
-        raise SystemExit(f"usage: {sys.argv[0]} CKPT_DIR OUT_FILE.npz")
+    if len(sys.argv) not in (3, 4):
+        raise SystemExit(f"usage: {sys.argv[0]} CKPT_DIR OUT_FILE.npz [--marian-only]")
     ckpt, out_file = sys.argv[1], sys.argv[2]
     torch.manual_seed(0)
     import captum
@@ -90,6 +91,20 @@ def main():
 
     rec = Recorder()
     method = "discretized_integrated_gradients"
+    if len(sys.argv) > 3 and sys.argv[3] == "--marian-only":
+        # resume: keep the GPT-2 records of OUT.npz, add Marian on the first sentence only
+        # (Inseq's DIG on Marian takes ~1 h for all three on this shared 2-core machine)
+        with np.load(out_file, allow_pickle=False) as z:
+            old = json.loads(str(z["__meta__"]))
+            rec.arrays = {k: z[k] for k in z.files if k != "__meta__"}
+        rec.calls = old["calls"]
+        marian = run_marian(rec, inseq, ckpt, method, n_sentences=1)
+        meta = dict(old, embed_scale=dict(old["embed_scale"], marian=float(marian.embed_scale)),
+                    special_ids=dict(old["special_ids"],
+                                     marian=sorted(marian.special_tokens_ids)))
+        meta.pop("calls")
+        save(out_file, rec, meta)
+        return
     gpt2 = inseq.load_model(f"{ckpt}/gpt2", method)
     run_call(rec, gpt2, "gpt2", "gpt2/dig_greedy", method,
              input_texts=GPT2_PROMPTS, generated_texts=GPT2_GENERATED,
@@ -106,15 +121,21 @@ def main():
     DIG.attribute.__defaults__ = defaults
     save(out_file, rec, meta_of(inseq, torch, transformers, captum, sklearn, gpt2, None))
 
+    marian = run_marian(rec, inseq, ckpt, method, n_sentences=len(MARIAN_SOURCES))
+    save(out_file, rec, meta_of(inseq, torch, transformers, captum, sklearn, gpt2, marian))
+
+
+def run_marian(rec, inseq, ckpt, method, *, n_sentences):
     marian = inseq.load_model(f"{ckpt}/marian", method)
     marian.model.get_decoder().embed_scale = 1.0
+    src, tgt = MARIAN_SOURCES[:n_sentences], MARIAN_TARGETS[:n_sentences]
     run_call(rec, marian, "marian", "marian_fixedscale/dig_greedy", method,
-             input_texts=MARIAN_SOURCES, generated_texts=MARIAN_TARGETS,
-             attribute_target=True, step_scores=["probability"])
+             input_texts=src, generated_texts=tgt, attribute_target=True,
+             step_scores=["probability"])
     record_paths(rec, marian, "marian",
-                 sorted(set(pairs_of(marian, MARIAN_SOURCES, target=False)
-                            + pairs_of(marian, MARIAN_TARGETS, target=True))))
-    save(out_file, rec, meta_of(inseq, torch, transformers, captum, sklearn, gpt2, marian))
+                 sorted(set(pairs_of(marian, src, target=False)
+                            + pairs_of(marian, tgt, target=True))))
+    return marian
 
 
 def meta_of(inseq, torch, transformers, captum, sklearn, gpt2, marian):

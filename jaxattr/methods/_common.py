@@ -115,8 +115,15 @@ def _mix(v: jax.Array) -> jax.Array:
 
 
 def plain(score_fn: Callable, has_aux: bool) -> Callable:
-    """``score_fn`` without its auxiliary output."""
-    return (lambda z: score_fn(z)[0]) if has_aux else score_fn
+    """``score_fn`` without its auxiliary output (keeping its ``per_output_grads``, a
+    program of its own for the per-output gradients, see :func:`jaxattr.methods.per_output_grads`)."""
+    if not has_aux:
+        return score_fn
+    fn = lambda z: score_fn(z)[0]  # noqa: E731
+    custom = getattr(score_fn, "per_output_grads", None)
+    if custom is not None:
+        fn.per_output_grads = custom
+    return fn
 
 
 def with_aux(attr: Any, score_fn: Callable, x: Any, has_aux: bool):

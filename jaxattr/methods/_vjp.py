@@ -44,7 +44,17 @@ def per_output_grads(
     Returns:
       ``scores[..., T]``, ``grads`` (pytree like ``x``, each leaf ``[T, *leaf.shape]``), and
       ``aux`` (``None`` unless ``has_aux``).
+
+    A ``score_fn`` carrying a ``per_output_grads`` attribute (``x -> (scores, grads, aux)``,
+    the same values by another program; the pipeline sets it for the native decoder's exact
+    causal truncation) is served by it instead.
     """
+    custom = getattr(score_fn, "per_output_grads", None)
+    if custom is not None:
+        # the score function brings its own program for the same gradients (the native
+        # decoder's exact causal truncation, jaxattr.models.causal_chunks)
+        scores, grads, aux = custom(x)
+        return scores, grads, (aux if has_aux else None)
     if has_aux:
         scores, vjp_fn, aux = jax.vjp(score_fn, x, has_aux=True)
     else:

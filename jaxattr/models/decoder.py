@@ -78,7 +78,10 @@ def _linear(x, p, name):
     return y + p[name + "_bias"] if name + "_bias" in p else y
 
 
-def _attention(spec: DecoderSpec, p: dict, h, cos, sin, allowed, hook):
+def _attention(spec: DecoderSpec, p: dict, h, cos, sin, allowed, hook, past=None):
+    """``past``: ``(k, v)`` ``[B, s, kv, hd]`` of earlier positions (already rotated), which
+    the queries of ``h`` also see (``allowed [B, n, s + n]``); then ``(out, (k, v))`` of
+    ``h``'s positions is returned."""
     b, n, _ = h.shape
     nh, kv, hd = spec.n_heads, spec.n_kv_heads, spec.head_dim
     q, k, v = _linear(h, p, "q"), _linear(h, p, "k"), hook("value", _linear(h, p, "v"))
@@ -88,6 +91,9 @@ def _attention(spec: DecoderSpec, p: dict, h, cos, sin, allowed, hook):
     if spec.qk_norm == "head":
         q, k = rms_norm(q, p["q_norm"], spec), rms_norm(k, p["k_norm"], spec)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    new_kv = (k, v)
+    if past is not None:
+        k, v = jnp.concatenate([past[0], k], axis=1), jnp.concatenate([past[1], v], axis=1)
     q = q.reshape(b, n, kv, nh // kv, hd)     # head h reads kv head h // (nh / kv)
     scores = rules.product(_einsum("bqkgd,bskd->bkgqs"), q, k) * jnp.asarray(spec.attn_scale,
                                                                              q.dtype)
@@ -97,10 +103,11 @@ def _attention(spec: DecoderSpec, p: dict, h, cos, sin, allowed, hook):
     scores = jnp.where(allowed[:, None, None], scores.astype(jnp.float32),
                        jnp.finfo(jnp.float32).min)
     probs = rules.softmax(scores, axis=-1).astype(v.dtype)
-    hook("attn_pattern", probs.reshape(b, nh, n, n))
+    hook("attn_pattern", probs.reshape(b, nh, n, k.shape[1]))
     heads = rules.product(_einsum("bkgqs,bskd->bqkgd"), probs, v).reshape(b, n, nh, hd)
     heads = hook("head_out", heads)
-    return _linear(heads.reshape(b, n, nh * hd), p, "o")
+    out = _linear(heads.reshape(b, n, nh * hd), p, "o")
+    return out if past is None else (out, new_kv)
 
 
 def _mlp(spec: DecoderSpec, p: dict, h):
@@ -108,10 +115,12 @@ def _mlp(spec: DecoderSpec, p: dict, h):
     return _linear(rules.product(jnp.multiply, _ACT[spec.act](gate), up), p, "down")
 
 
-def _block(spec: DecoderSpec, p: dict, x, cos, sin, allowed, hook):
+def _block(spec: DecoderSpec, p: dict, x, cos, sin, allowed, hook, past=None):
     x = hook("resid_pre", x)
     h = rms_norm(x, p["attn_in"], spec) if "attn_in" in spec.norms else x
-    a = _attention(spec, p, h, cos, sin, allowed, hook)
+    a = _attention(spec, p, h, cos, sin, allowed, hook, past)
+    if past is not None:
+        a, kv = a
     if "attn_out" in spec.norms:
         a = rms_norm(a, p["attn_out"], spec)
     x = x + hook("attn_out", a)
@@ -120,7 +129,8 @@ def _block(spec: DecoderSpec, p: dict, x, cos, sin, allowed, hook):
     if "mlp_out" in spec.norms:
         m = rms_norm(m, p["mlp_out"], spec)
     x = x + hook("mlp_out", m)
-    return hook("resid_post", x)
+    x = hook("resid_post", x)
+    return x if past is None else (x, kv)
 
 
 def _tables(spec: DecoderSpec, mask):

@@ -159,6 +159,36 @@ class NativeDecoder(struct.PyTreeNode):
         return out
 
 
+    def causal_step_grads(self, *, target_ids: jax.Array, target_mask: jax.Array,
+                          target_embeds: Optional[jax.Array], positions: jax.Array,
+                          score_of: Callable, groups: tuple):
+        """Per-step input gradients with exact causal truncation
+        (:mod:`jaxattr.models.causal_chunks`): each step back-propagates only through the
+        positions it sees, from one forward.
+
+        Args:
+          target_ids, target_mask: ``[B, L]``; target_embeds: ``[B, L, H]`` (the lookup of
+            the ids when ``None``).
+          positions: ``[B, T]`` the position whose logits score each step.
+          score_of: ``logits [B, T, V] -> scores [B, T]``, step ``t`` reading
+            ``logits[:, t]`` only (a step-separable target).
+          groups: static ``((a, b, P), ...)`` from
+            :func:`jaxattr.models.causal_chunks.plan_causal_chunks`.
+
+        Returns:
+          ``(scores [B, T], logits [B, T, V] (no gradient), grads [T, B, L, H])``.
+        """
+        from .causal_chunks import causal_step_grads
+        spec = self.spec
+        embeds = self.embed(target_ids) if target_embeds is None else target_embeds
+        head_params = {"head": self.params["embed"] if spec.tied else self.params["head"]}
+        scores, hidden, grads = causal_step_grads(
+            spec, self.params, embeds, target_mask, positions,
+            lambda h: score_of(head_logits(spec, head_params, h)), groups)
+        logits = head_logits(spec, head_params, jax.lax.stop_gradient(hidden))
+        return scores, logits, grads
+
+
 def _head(spec, hidden, head_params):
     return head_logits(spec, head_params, hidden)
 

@@ -1,20 +1,19 @@
 """Rendering of attribution results: terminal text, HTML, and matplotlib figures.
 
-Computation code never imports this package, and neither do the results: this package
-registers its renderers in :mod:`jaxattr.views` when imported (``import jaxattr`` does), and
-``out.to_html()`` / ``out.show()`` dispatch through that registry.
+Computation code never imports this package, and neither do the results: the package
+(``jaxattr/__init__.py``) names these renderers in :mod:`jaxattr.views`, and
+``out.to_html()`` / ``out.show()`` dispatch through that registry, which imports this
+package on first use.
 """
 from __future__ import annotations
 
 import sys
 
-from .. import views as _views
-
 from .html import CSP, HtmlReport, save_html, to_html
 from .text import to_text, use_color
 
 __all__ = ["to_text", "to_html", "save_html", "show", "in_notebook", "use_color", "CSP",
-           "HtmlReport", "to_figure", "save_figure"]
+           "HtmlReport", "to_figure", "save_figure", "lens_show", "context_show"]
 
 
 def in_notebook() -> bool:
@@ -64,7 +63,7 @@ def save_figure(x, path, **kwargs):
     return _save_figure(x, path, **kwargs)
 
 
-def _lens_show(traj, i: int = 0, **kwargs) -> None:
+def lens_show(traj, i: int = 0, **kwargs) -> None:
     """A lens trajectory: an HTML view in a notebook, the terminal table otherwise."""
     if in_notebook():
         from IPython.display import HTML, display
@@ -73,23 +72,8 @@ def _lens_show(traj, i: int = 0, **kwargs) -> None:
         print(traj.to_text(i, **kwargs))
 
 
-def _context_show(out, *, file=None, color=None) -> None:
+def context_show(out, *, file=None, color=None) -> None:
     """A context attribution: the terminal view (colour when ``file`` is a terminal)."""
     stream = sys.stdout if file is None else file
     stream.write(out.to_text(color=use_color(stream) if color is None else color))
     stream.flush()
-
-
-# Result objects reach the renderers through the view registry (results never import this
-# package); `import jaxattr` imports it, which registers them.
-from .context import context_to_html, context_to_text  # noqa: E402
-from .lens import lens_figure, lens_html, lens_text  # noqa: E402
-from .probing import probe_figure, probe_table  # noqa: E402
-
-for _name, _fn in (("to_text", to_text), ("to_html", to_html), ("show", show),
-                   ("to_figure", to_figure), ("lens_text", lens_text),
-                   ("lens_html", lens_html), ("lens_figure", lens_figure),
-                   ("lens_show", _lens_show), ("probe_table", probe_table),
-                   ("probe_figure", probe_figure), ("context_to_text", context_to_text),
-                   ("context_to_html", context_to_html), ("context_show", _context_show)):
-    _views.provide(_name, _fn)
