@@ -1,12 +1,13 @@
 """Native decoder vs transformers' Flax Llama at GPT-2-124M size, and compile time vs depth.
 
-    PYTHONPATH=$PWD python benchmarks/native_vs_flax.py [all|compile|speed] [--rounds 3]
+    PYTHONPATH=$PWD python benchmarks/native_vs_flax.py [all|compile|speed] [--rounds 3] [--ig-steps 16]
 
 1. A random Llama config of GPT-2-124M size (hidden 768, 12 layers, 12 heads, MLP 3072,
    vocab 32000, θ 1e4 where the Flax class is right) is built as a Flax model, exported to
    PyTorch-layout ``model.safetensors`` (no torch) and loaded twice: through the Flax adapter
-   and natively. Saliency and integrated gradients (16 steps) on the same batch (2 sequences,
-   16 + 16 tokens): XLA FLOPs of the compiled program, warm times in ``--rounds`` interleaved
+   and natively. Saliency and integrated gradients (``--ig-steps``, 16 by default) on the same
+   batch (2 sequences, 16 + 16 tokens): XLA FLOPs of the compiled program (counted with every
+   ``lax.scan`` unrolled, since XLA's cost analysis counts a loop body once), warm times in ``--rounds`` interleaved
    rounds (one call of each path per round, the order alternating, so the shared machine's
    load affects both), the median of the per-round FLOP/s ratios and the largest attribution
    difference.
@@ -54,17 +55,37 @@ def workload(tok, n=2, prompt=16, cont=16):
     raise RuntimeError("no passages re-tokenise exactly")
 
 
+def unrolled_flops(jitted, *args, **kw):
+    """XLA FLOPs of ``jitted(*args, **kw)`` with every ``lax.scan`` unrolled: XLA's cost
+    analysis counts a loop body once, so the native decoder's scanned layers would count as
+    one layer. The unrolled program is only counted, never run (caches cleared after)."""
+    import jax
+    from profile_pipeline import xla_flops
+    scan = jax.lax.scan
+
+    def unrolled(f, init, xs=None, length=None, **opts):
+        opts["unroll"] = True
+        return scan(f, init, xs, length, **opts)
+    jax.clear_caches()
+    jax.lax.scan = unrolled
+    try:
+        return xla_flops(jitted, *args, **kw)[0]
+    finally:
+        jax.lax.scan = scan
+        jax.clear_caches()
+
+
 def prepare_call(model, prompts, texts, method, **kw):
-    """XLA FLOPs of ``method``'s compiled program on ``model`` and a timed warm call
-    ``() -> (wall s, process CPU s, result)``; the program is compiled here (first call)."""
+    """XLA FLOPs of ``method``'s compiled program on ``model`` and a timed call
+    ``() -> (wall s, process CPU s, result)``. Counting clears JAX's caches, so count every
+    path before warming any up."""
     import jax
     from jaxattr import pipeline
-    from profile_pipeline import xla_flops
     args = dict(method=method, prefix_groups=1, **kw)
     prep = model.prepare(prompts, texts, **args)
     batch = prep.batch(0)
     call = {k: v for k, v in prep.spec.pipeline_kwargs().items() if k != "prefix_groups"}
-    flops = xla_flops(pipeline._attribute_jit, model.adapter, batch, None, **call)[0]
+    flops = unrolled_flops(pipeline._attribute_jit, model.adapter, batch, None, **call)
     args["show_progress"] = False
 
     def timed():
@@ -72,7 +93,6 @@ def prepare_call(model, prompts, texts, method, **kw):
         out = model.attribute(prompts, texts, **args)
         jax.block_until_ready(out.batches)
         return time.perf_counter() - t, time.process_time() - c, out
-    timed()
     return flops, timed
 
 
@@ -116,6 +136,7 @@ def main(argv=None):
     ap.add_argument("part", nargs="?", default="all", choices=("all", "compile", "speed"))
     ap.add_argument("--rounds", type=int, default=3,
                     help="interleaved warm rounds (one call of each path, order alternating)")
+    ap.add_argument("--ig-steps", type=int, default=16, help="integrated gradients n_steps")
     args = ap.parse_args(argv)
     tok = T.AutoTokenizer.from_pretrained(os.path.join(HERE, "native_side", "tokenizer"))
     print(f"load average {os.getloadavg()} (shared machine)", flush=True)
@@ -134,10 +155,12 @@ def main(argv=None):
     legacy = jaxattr.load_model(flax_model, tokenizer=tok)
     prompts, texts = map(list, zip(*workload(tok)))
     rows = []
-    for method, kw in (("saliency", {}), ("integrated_gradients", {"n_steps": 16})):
+    for method, kw in (("saliency", {}), ("integrated_gradients", {"n_steps": args.ig_steps})):
         flops, calls = {}, {}
         for name, model in (("flax", legacy), ("native", native)):
             flops[name], calls[name] = prepare_call(model, prompts, texts, method, **kw)
+        for name in calls:   # compile both after all counting (counting clears the caches)
+            calls[name]()
         wall = {"flax": [], "native": []}
         cpu = {"flax": [], "native": []}
         ratios, cpu_ratios, outs = [], [], {}

@@ -82,6 +82,9 @@ for _name, _target in (
         ("probe_figure", "jaxattr.render.probing:probe_figure"),
         ("context_to_text", "jaxattr.render.context:context_to_text"),
         ("context_to_html", "jaxattr.render.context:context_to_html"),
-        ("context_show", "jaxattr.render:context_show")):
+        ("context_show", "jaxattr.render:context_show"),
+        ("grid_text", "jaxattr.render.grid:grid_text"),
+        ("grid_html", "jaxattr.render.grid:grid_html"),
+        ("grid_figure", "jaxattr.render.grid:grid_figure")):
     _views.provide_lazy(_name, _target)
 del _name, _target

@@ -16,6 +16,7 @@ import jax
 
 from .aggregate import default_aggregator
 from .batching import foils
+from .lens.steps import STEP_SCORE_NAMES, add_step_scores
 from .host_views import completeness, sequence_view, warn_if_not_converged, warn_if_not_finite
 from .pipeline import attribute_batch, compiled_attribute
 from .planning import prepare_run
@@ -86,7 +87,11 @@ class AttributionModel(ModelBase):
             ...)``; ``None``: the model's ``attribution_method`` (default ``"saliency"``).
           attributed_fn: ``"probability"`` (default), ``"logprob"``, ``"logit"`` or a target
             function ``(logits[B,T,V], batch, **kw) -> [B, T]``.
-          step_scores: names (or functions) of targets recorded per generated token.
+          step_scores: names (or functions) of targets recorded per generated token; also
+            the logit lens's scores ``"lens_first_top1_layer"``, ``"lens_kl_mean"``,
+            ``"lens_kl"``, ``"lens_prob"`` (:data:`jaxattr.lens.STEP_SCORES`; computed after
+            the attribution by :func:`jaxattr.lens.add_step_scores`, which also takes a tuned
+            lens).
           attribute_target: encoder-decoder only: also attribute the target prefix
             (decoder-only models always attribute the whole sequence).
           attr_pos_start, attr_pos_end: slice of target positions to attribute (defaults:
@@ -151,11 +156,16 @@ class AttributionModel(ModelBase):
         change ``s(x) - s(baseline)`` (raise ``n_steps``).
         """
         options = {k: v for k, v in locals().items() if k in _RUN_OPTIONS}
+        lens_names = _lens_step_scores(step_scores)
+        if lens_names:
+            options["step_scores"] = tuple(s for s in step_scores if s not in lens_names)
         prep = self.prepare(input_texts, generated_texts, **options, **kwargs)
         out = self.run(prep, show_progress=show_progress, jit=jit)
         warn_if_not_finite(out.sequence_attributions)
         if prep.info["granular"] or prep.info["aggregator"] == "sum":
             warn_if_not_converged(out.sequence_attributions, prep.info)
+        if lens_names:
+            add_step_scores(out, self, names=lens_names, batch_size=batch_size)
         return out
 
     def prepare(
@@ -256,3 +266,10 @@ class AttributionModel(ModelBase):
         out["n_batches"] = prep.n_batches
         out["batch_shape"] = tuple(batch.target_ids.shape)
         return out
+
+
+def _lens_step_scores(step_scores) -> tuple:
+    """The logit-lens names among ``step_scores`` (computed after the attribution)."""
+    if isinstance(step_scores, str) or not isinstance(step_scores, (list, tuple)):
+        return ()  # prepare() reports a malformed step_scores
+    return tuple(s for s in step_scores if isinstance(s, str) and s in STEP_SCORE_NAMES)

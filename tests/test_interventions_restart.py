@@ -106,3 +106,26 @@ def test_restart_groups_partition_the_cells():
     for (start, used), g in zip(groups, gm):
         first = int(start.split(".")[1])
         assert all(sites[n] >= first for n in used)
+
+
+def test_restarted_exact_patching_equals_loop_of_single_patches(gpt2):
+    """Cells of every stage (embeddings, a sublayer, a block output, the head's input) restart
+    at their own stage; each equals one full forward with that single patch."""
+    from jaxattr.interventions import activation_patching
+    clean, corr = ["The cat sat on", "Kim has a red ball"], ["The mat sat on", "Sam has a red ball"]
+    sites = ("embed", "blocks.0.mlp_out", "blocks.1.resid_post", "final_norm")
+    res = activation_patching(gpt2, clean, corr, answer=7, foil=9, sites=sites, chunk=4)
+    c = encode_prompts(gpt2, clean, name="clean")
+    k = encode_prompts(gpt2, corr, name="corrupted")
+    fwd = gpt2.adapter.forward
+    acts = fwd(**c.run(), capture=sites)["captured"]
+    last = jnp.asarray(k.last)[:, None]
+    for s, site in enumerate(sites):
+        for t in range(c.ids.shape[1]):
+            patch = {site: lambda o, v=acts[site], t=t: o.at[:, t].set(v[:, t])}
+            lg = np.asarray(fwd(**k.run(), positions=last, patch=patch)["logits"][:, 0],
+                            np.float64)
+            want = lg[:, 7] - lg[:, 9]
+            for b in range(2):
+                if t < c.lengths[b]:
+                    assert res.scores[b, s, t] == pytest.approx(want[b], rel=1e-5, abs=1e-5)

@@ -75,7 +75,7 @@ def test_results_never_import_the_layers_above(name):
 
 
 @pytest.mark.parametrize("name", ["lens/trajectory.py", "probing/result.py",
-                                  "context/output.py"])
+                                  "context/output.py", "interventions/results.py"])
 def test_other_result_classes_never_import_render(name):
     assert _hits(PKG / name, ("jaxattr.render",)) == []
 

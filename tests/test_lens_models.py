@@ -139,6 +139,24 @@ def test_step_scores_follow_the_trajectory(gpt2):
     assert len([k for k in view.step_scores if k.startswith("lens_kl.")]) == n_rows - 1
 
 
+def test_lens_step_scores_by_name_in_attribute(gpt2):
+    """``step_scores=`` takes the lens names: the same scores as the trajectory's, next to
+    the ordinary step scores, and only the ones asked for."""
+    out = gpt2.attribute(["Kim has a red"], ["Kim has a red ball and Sam"],
+                         step_scores=["probability", "lens_kl", "lens_first_top1_layer"],
+                         show_progress=False)
+    view = out.sequence_attributions[0]
+    traj = logit_lens(gpt2, ["Kim has a red ball and Sam"], top_k=1)
+    pos = np.arange(view.attr_pos_start, view.attr_pos_end) - 1
+    assert "probability" in view.step_scores and "lens_kl_mean" not in view.step_scores
+    assert not any(k.startswith("lens_prob") for k in view.step_scores)
+    for row in range(gpt2.config.n_layer):
+        np.testing.assert_allclose(view.step_scores[f"lens_kl.{row}"],
+                                   traj.stats[0]["kl"][row, pos], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(view.step_scores["lens_first_top1_layer"],
+                                  traj.first_top1_layer(0)[pos])
+
+
 @pytest.mark.parametrize("name", ["toy-recall", "toy-mt"])
 def test_bundled_tuned_lens_beats_the_logit_lens_at_every_layer(name):
     import os

@@ -77,10 +77,9 @@ def record():
     return z["reagent/importance"], json.loads(str(z["__meta__"]))
 
 
-def test_pipeline_batch_invariance_and_listing(gpt2_tiny, record):
-    _, meta = record
-    texts = [meta["input_text"], "Hello world, this is"]
-    gens = [meta["generated_text"], "Hello world, this is a tiny test."]
+def test_pipeline_batch_invariance_and_listing(gpt2_tiny):
+    texts = ["The cat sat on the", "Hello world, this is"]
+    gens = ["The cat sat on the mat and looked at the dog.", "Hello world, this is a tiny test."]
     kw = dict(method="reagent", max_probe_steps=8, num_probes=4)
     batched = gpt2_tiny.attribute(texts, gens, **kw)
     alone = gpt2_tiny.attribute(texts[0], gens[0], **kw)[0]
@@ -91,17 +90,25 @@ def test_pipeline_batch_invariance_and_listing(gpt2_tiny, record):
 
 
 def test_distribution_matches_inseq(gpt2_tiny, record):
-    """Inseq's 24 seeded runs (16 probes each) vs one jaxattr run with 24 x 16 probes: the
-    per-cell means agree within 4 standard errors (Inseq's spread over seeds; jaxattr's
-    grand mean over as many probes has about the same error)."""
+    """Inseq's R seeded runs (16 probes each) vs one jaxattr run with R x 16 probes: where
+    both are finite (a step where no probe stopped is NaN, in Inseq too), the per-cell means
+    agree within 4.5 standard errors (Inseq's spread over seeds; jaxattr's grand mean over as
+    many probes has about the same error, hence the sqrt(2))."""
     runs, meta = record
+    R = runs.shape[0]
+    assert R >= 4
     ref_mean = np.nanmean(runs, 0)
-    se = np.nanstd(runs, 0, ddof=1) / np.sqrt(runs.shape[0])
+    se = np.nanstd(runs, 0, ddof=1) / np.sqrt(np.isfinite(runs).sum(0).clip(1))
     out = gpt2_tiny.attribute(meta["input_text"], meta["generated_text"], method="reagent",
-                              num_probes=16 * runs.shape[0], key=0)[0]
+                              num_probes=16 * R, key=0)[0]
     got = out.target_attributions[..., 0]
     assert [t for t, _ in meta["target"]] == out.target
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref_mean))
-    ok = np.isfinite(ref_mean)
+    # positions a step does not see are NaN in both (the causal prefix)
+    both_nan = np.isnan(runs).all(0) & np.isnan(got)
+    for c in range(got.shape[1]):
+        prefix = len(out.target) - got.shape[1] + c
+        assert both_nan[prefix:, c].all()
+    ok = np.isfinite(ref_mean) & np.isfinite(got) & (np.isfinite(runs).sum(0) >= 2)
+    assert ok.sum() >= 7  # at least the first step's prompt tokens
     z = np.abs(got[ok] - ref_mean[ok]) / np.sqrt(2 * se[ok] ** 2 + 1e-12)
     assert z.max() < 4.5, (z.max(), np.round(got, 3), np.round(ref_mean, 3))

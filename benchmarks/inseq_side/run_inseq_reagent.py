@@ -16,7 +16,7 @@ sampler uses with a single tag), jaxattr's ``replacement_groups=None``.
 The forced continuation is the model's own greedy one (so the target is the top prediction
 on the unperturbed prefix and probes can stop). Records:
 
-* ``reagent/importance`` ``[R, len(target), n_steps]``: the importance (hidden unit 0 of
+* ``reagent/importance`` ``[R, len(target), n_steps]`` (rewritten after every seed): the importance (hidden unit 0 of
   Inseq's repeated scores) of run ``r`` after ``torch.manual_seed(r)``;
 * meta ``input_text`` / ``generated_text`` / ``n_seeds``.
 """
@@ -28,7 +28,7 @@ import sys
 import numpy as np
 import torch
 
-N_SEEDS = 24
+N_SEEDS = 12
 PROMPT = "The cat sat on the"
 NEW_TOKENS = 5
 
@@ -68,13 +68,14 @@ def main():
         a = out.sequence_attributions[0].target_attributions
         runs.append(a[..., 0].float().numpy())
         print(f"seed {seed}: {np.round(runs[-1][:, 0], 3).tolist()}", flush=True)
-    meta = {"versions": {"inseq": getattr(inseq, "__version__", "0.7.1"),
-                         "torch": torch.__version__},
-            "input_text": PROMPT, "generated_text": generated, "n_seeds": N_SEEDS,
-            "sampler": "uniform over the vocabulary (POSTagTokenSampler replaced)",
-            "target": [[t.token, int(t.id)] for t in out.sequence_attributions[0].target]}
-    np.savez_compressed(out_file, **{"reagent/importance": np.stack(runs).astype(np.float32),
-                                     "__meta__": np.array(json.dumps(meta))})
+        # saved after every seed: a run where some step never stops takes 3000 probe steps
+        meta = {"versions": {"inseq": getattr(inseq, "__version__", "0.7.1"),
+                             "torch": torch.__version__},
+                "input_text": PROMPT, "generated_text": generated, "n_seeds": len(runs),
+                "sampler": "uniform over the vocabulary (POSTagTokenSampler replaced)",
+                "target": [[t.token, int(t.id)] for t in out.sequence_attributions[0].target]}
+        np.savez_compressed(out_file, **{"reagent/importance": np.stack(runs).astype(np.float32),
+                                         "__meta__": np.array(json.dumps(meta))})
     print(f"saved -> {out_file}")
 
 

@@ -4,7 +4,10 @@ Patch one (site, position[, head]) of the run being patched with the other run's
 a metric at the last position. ``direction="denoise"`` patches clean values into the corrupted
 run (how much of the clean behaviour does this site restore?), ``"noise"`` corrupted values into
 the clean run (how much does breaking it hurt?). Every cell of the grid is one masked forward of
-one compiled program (:func:`jaxattr.interventions.engine.patched_metrics`).
+one compiled program (:func:`jaxattr.interventions.engine.patched_metrics`); cells that patch
+layer ``l`` restart from the patched run's cached ``blocks.{l}.resid_pre`` (or the patched
+residual site itself), so the layers below are not recomputed
+(:func:`jaxattr.interventions.engine.restarted_metrics`).
 
 ``method="attribution"`` is attribution patching (Nanda, 2023): the first-order estimate
 ``(a_src − a_run) · ∂M/∂a`` at every cell from one forward and one backward of the patched run
@@ -24,7 +27,7 @@ import numpy as np
 
 from ..encoding import InputError
 from ..internals.sites import parse_site, resolve_sites
-from .engine import patched_metrics, site_gradients
+from .engine import restart_groups, restarted_metrics, site_gradients
 from .results import PatchingResult
 from .runs import answer_ids, encode_prompts, metric_function, require_decoder_only
 
@@ -70,15 +73,34 @@ def _masks(sites, pos, length, heads):
     return out
 
 
-@partial(jax.jit, static_argnames=("sites", "metric", "chunk"))
-def _exact(backend, run, src_run, answer, foil, last, masks, *, sites, metric, chunk):
+def _layer(name: str, n_layers: int) -> int:
+    """Forward order of a site's stage: ``embed`` −1, block sites their layer, ``final_norm``
+    after the last block."""
+    site = parse_site(name)
+    return -1 if site.kind == "embed" else n_layers if site.layer is None else site.layer
+
+
+def _start_site(layer: int, used: tuple) -> str:
+    """Where cells whose first patched stage is ``layer`` restart: the patched site itself
+    when it is a residual-stream site (or ``embed`` / ``final_norm``), else the block's input."""
+    if len(used) == 1 and parse_site(used[0]).kind in ("embed", "resid_pre", "resid_post",
+                                                       "final_norm"):
+        return used[0]
+    return f"blocks.{layer}.resid_pre"
+
+
+@partial(jax.jit, static_argnames=("sites", "metric", "chunk", "groups"))
+def _exact(backend, run, src_run, answer, foil, last, group_masks, order, *, sites, metric,
+           chunk, groups):
     src = backend.forward(**src_run, positions=last[:, None], capture=sites)
-    base = backend.forward(**run, positions=last[:, None])
+    starts = tuple(dict.fromkeys(g[0] for g in groups))
+    base = backend.forward(**run, positions=last[:, None], capture=starts)
     m_src = metric(src["logits"][:, 0], answer, foil)
     m_run = metric(base["logits"][:, 0], answer, foil)
-    scores = patched_metrics(backend, run, sources=src["captured"], masks=masks,
-                             metric=lambda lg: metric(lg, answer, foil), positions=last,
-                             chunk=chunk)
+    scores = restarted_metrics(backend, run, groups=groups, group_masks=group_masks,
+                               order=order, sources=src["captured"], starts=base["captured"],
+                               metric=lambda lg: metric(lg, answer, foil), positions=last,
+                               chunk=chunk)
     return scores, m_src, m_run
 
 
@@ -178,9 +200,15 @@ def activation_patching(model, clean: Union[str, Sequence[str]],
         if kinds == {"head_out"}:
             probe = backend.forward(**run, positions=last[:, None], capture=names[:1])
             heads = int(probe["captured"][names[0]].shape[2])
-        masks = {k: jnp.asarray(v) for k, v in _masks(names, pos, length, heads).items()}
+        n_layers = 1 + max([parse_site(x).layer for x in backend.sites()
+                            if parse_site(x).layer is not None], default=-1)
+        groups, group_masks, order = restart_groups(
+            _masks(names, pos, length, heads), {x: _layer(x, n_layers) for x in names},
+            _start_site)
         cells, m_src, m_run = _exact(backend, run, src, jnp.asarray(ans), jnp.asarray(fo),
-                                     last, masks, sites=names, metric=fn, chunk=int(chunk))
+                                     last, jax.tree_util.tree_map(jnp.asarray, group_masks),
+                                     jnp.asarray(order), sites=names, metric=fn,
+                                     chunk=int(chunk), groups=groups)
         cells = np.asarray(cells).T                                # [B, C]
         shape = (n, len(names), 1 if pos is None else len(pos)) + ((heads,) if heads else ())
         scores = cells.reshape(shape)

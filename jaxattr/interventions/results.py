@@ -10,8 +10,22 @@ from typing import Any, Union
 
 import numpy as np
 
+from .. import views
 
 __all__ = ["PatchingResult", "TraceResult", "TraceAverage", "MediationResult", "load_result"]
+
+
+def _grid_text(*args, **kwargs) -> str:
+    return views.resolve("grid_text", "an intervention result")(*args, **kwargs)
+
+
+def _grid_html(*args, **kwargs) -> str:
+    return views.resolve("grid_html", "an intervention result")(*args, **kwargs)
+
+
+def _grid_figure(*args, **kwargs):
+    return views.resolve("grid_figure", "an intervention result")(*args, **kwargs)
+
 
 _FORMAT = "jaxattr.interventions"
 _VERSION = 1
@@ -121,20 +135,17 @@ class PatchingResult(_Saved):
         title = (f"activation patching ({self.info.get('method')}, {self.info.get('direction')},"
                  f" {self.info.get('metric')}{', normalised' if normalized else ''}): clean "
                  f"{self.clean[index]:.4g}, corrupted {self.corrupted[index]:.4g}")
-        from ..render.grid import grid_text
-        return grid_text(g, rows, cols, title=title, digits=digits)
+        return _grid_text(g, rows, cols, title=title, digits=digits)
 
     def to_html(self, index: int = 0, *, normalized: bool = True, **kwargs) -> str:
         """HTML heatmap of pair ``index``."""
         g, rows, cols = self._grid(index, normalized)
-        from ..render.grid import grid_html
-        return grid_html(g, rows, cols, title="activation patching", **kwargs)
+        return _grid_html(g, rows, cols, title="activation patching", **kwargs)
 
     def figure(self, index: int = 0, *, normalized: bool = True, **kwargs):
         """Matplotlib heatmap of pair ``index``."""
         g, rows, cols = self._grid(index, normalized)
-        from ..render.grid import grid_figure
-        return grid_figure(g, rows, cols, title="activation patching", xlabel="position",
+        return _grid_figure(g, rows, cols, title="activation patching", xlabel="position",
                            ylabel="site", **kwargs)
 
     def __str__(self) -> str:
@@ -180,20 +191,17 @@ class TraceResult(_Saved):
     def to_text(self, *, digits: int = 2) -> str:
         """Terminal table (tokens × layers)."""
         g, rows, cols = self._grid()
-        from ..render.grid import grid_text
-        return grid_text(g, rows, cols, title=self._title(), digits=digits, col_width=6)
+        return _grid_text(g, rows, cols, title=self._title(), digits=digits, col_width=6)
 
     def to_html(self, **kwargs) -> str:
         """HTML heatmap (tokens × layers)."""
         g, rows, cols = self._grid()
-        from ..render.grid import grid_html
-        return grid_html(g, rows, cols, title=self._title(), signed=False, **kwargs)
+        return _grid_html(g, rows, cols, title=self._title(), signed=False, **kwargs)
 
     def figure(self, **kwargs):
         """ROME-style matplotlib heatmap (tokens × layers)."""
         g, rows, cols = self._grid()
-        from ..render.grid import grid_figure
-        return grid_figure(g, rows, cols, title=self._title(), signed=False, xlabel="layer",
+        return _grid_figure(g, rows, cols, title=self._title(), signed=False, xlabel="layer",
                            cbar_label="p(answer)", **kwargs)
 
     def __str__(self) -> str:
@@ -229,18 +237,15 @@ class TraceAverage(_Saved):
     def to_text(self, *, digits: int = 3) -> str:
         """Terminal table (categories × layers)."""
         g, rows, cols = self._grid()
-        from ..render.grid import grid_text
-        return grid_text(g, rows, cols, title=self._title(), digits=digits, col_width=7)
+        return _grid_text(g, rows, cols, title=self._title(), digits=digits, col_width=7)
 
     def to_html(self, **kwargs) -> str:
         g, rows, cols = self._grid()
-        from ..render.grid import grid_html
-        return grid_html(g, rows, cols, title=self._title(), **kwargs)
+        return _grid_html(g, rows, cols, title=self._title(), **kwargs)
 
     def figure(self, **kwargs):
         g, rows, cols = self._grid()
-        from ..render.grid import grid_figure
-        return grid_figure(g, rows, cols, title=self._title(), xlabel="layer",
+        return _grid_figure(g, rows, cols, title=self._title(), xlabel="layer",
                            cbar_label="average indirect effect", **kwargs)
 
     def __str__(self) -> str:
@@ -315,8 +320,7 @@ class MediationResult(_Saved):
 
     def figure(self, **kwargs):
         m = self.mean_indirect()
-        from ..render.grid import grid_figure
-        return grid_figure(m, self._rows(),
+        return _grid_figure(m, self._rows(),
                            [str(u) for u in range(m.shape[1])], xlabel=self.mediator,
                            ylabel="layer", title="mean natural indirect effect",
                            cbar_label="indirect effect", **kwargs)

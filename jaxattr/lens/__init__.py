@@ -13,9 +13,9 @@ from .train import (LensSource, TrainState, evaluate_lens, fit, lens_loss, make_
 from .readout import ReadoutError, model_readout, model_source
 from .trajectory import LensTrajectory
 from .tuned import TunedLens
-from .steps import STEP_SCORES, add_step_scores, lens_step_scores
+from .steps import STEP_SCORE_NAMES, STEP_SCORES, add_step_scores, lens_step_scores
 
-__all__ = ["add_step_scores", "lens_step_scores", "STEP_SCORES", "logit_lens", "train_tuned_lens", "evaluate_tuned_lens", "LensTrajectory",
+__all__ = ["add_step_scores", "lens_step_scores", "STEP_SCORES", "STEP_SCORE_NAMES", "logit_lens", "train_tuned_lens", "evaluate_tuned_lens", "LensTrajectory",
            "model_readout", "model_source", "ReadoutError", "TunedLens", "Readout", "LensSource", "TrainState", "row_log_probs",
            "lens_log_probs", "kl_rows", "row_statistics", "lens_loss", "make_train_step", "fit",
            "evaluate_lens", "tuned_lens_optimizer", "save_lens", "load_lens", "lens_metadata",

@@ -19,7 +19,7 @@ from ..encoding import EncodedSequence
 from .api import trajectory_of
 from .readout import model_source
 
-__all__ = ["STEP_SCORES", "add_step_scores", "lens_step_scores"]
+__all__ = ["STEP_SCORES", "STEP_SCORE_NAMES", "add_step_scores", "lens_step_scores"]
 
 #: Lens step scores, each ``[n_generated]`` per sequence (``{l}``: one score per row).
 STEP_SCORES = {
@@ -29,6 +29,11 @@ STEP_SCORES = {
     "lens_kl.{l}": "KL(output ‖ row l) (nats), one score per row below the output",
     "lens_prob.{l}": "probability of the generated token at row l",
 }
+
+
+#: Names accepted by :func:`add_step_scores` and by ``model.attribute(step_scores=...)``
+#: (``lens_kl`` / ``lens_prob`` add one score per row: ``lens_kl.0``, ``lens_kl.1`` …).
+STEP_SCORE_NAMES = ("lens_first_top1_layer", "lens_kl_mean", "lens_kl", "lens_prob")
 
 
 def lens_step_scores(traj, i: int, start: int, end: int) -> dict:
@@ -58,7 +63,7 @@ def add_step_scores(out, model, *, lens=None, batch_size: Optional[int] = None,
     Returns:
       ``out``, its views' ``step_scores`` extended in place.
     """
-    unknown = set(names) - {"lens_first_top1_layer", "lens_kl_mean", "lens_kl", "lens_prob"}
+    unknown = set(names) - set(STEP_SCORE_NAMES)
     if unknown:
         raise ValueError(f"unknown lens step scores {sorted(unknown)}; choose from "
                          f"{sorted(STEP_SCORES)} (per-row ones by their stem).")
