@@ -8,8 +8,8 @@ A random Llama config of GPT-2-124M size (hidden 768, 12 layers, 12 heads, MLP 3
 (random ids; the second row is right-padded by 3 tokens unless ``--no-pad``), ``logprob``
 target. For saliency and integrated gradients (``--n-steps`` nodes), prints XLA's FLOP count of
 each compiled program, the median warm time of ``--repeats`` round-robin rounds, the ratio,
-and the largest attribution difference relative to the largest attribution. Also the FLOPs of
-``prefix_groups="auto"``'s best split (2 groups), for reference. No torch, no tokenizer.
+and the largest attribution difference relative to the largest attribution. Each program is
+compiled once (its FLOPs read and the same executable timed). No torch, no tokenizer.
 """
 from __future__ import annotations
 
@@ -74,36 +74,31 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--no-pad", action="store_true")
     ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--ig-only", action="store_true", help="skip saliency")
     args = ap.parse_args(argv)
     import jax
     import numpy as np
     from jaxattr import pipeline, targets
     from jaxattr.methods import integrated_gradients, saliency
-    from jaxattr.prefix_groups import truncate_batch
-    from profile_pipeline import xla_flops
 
     model = native_model(layers=args.layers)
     batch = make_batch(args.batch, pad=0 if args.no_pad else 3)
     print(f"load average {os.getloadavg()[0]:.1f} (shared machine); groups "
           f"{pipeline.exact_plan(batch)}", flush=True)
     rows = []
-    for name, method, mkw in (("saliency", saliency, ()),
-                              (f"IG ({args.n_steps} steps)", integrated_gradients,
-                               (("n_steps", args.n_steps),))):
+    for name, method, mkw in ((f"IG ({args.n_steps} steps)", integrated_gradients,
+                               (("n_steps", args.n_steps),)),
+                              ("saliency", saliency, ()))[:1 if args.ig_only else 2]:
         call = dict(method=method, method_kwargs=mkw, target_fn=targets.logprob, target_kwargs=(),
-                    step_fns=(),
-                    attribute_source=False, attribute_target=True)
-        flops = {
-            "one-pass": xla_flops(pipeline._attribute_jit, model, batch, None, **call)[0],
-            "exact": xla_flops(pipeline._attribute_jit, model, batch, None, **call,
-                               causal_chunks=pipeline.exact_plan(batch))[0],
-            "auto(2)": sum(xla_flops(pipeline._attribute_jit, model,
-                                     truncate_batch(batch, a, b, p), None, **call)[0]
-                           for a, b, p in pipeline.prefix_plan(model, batch, 2))}
-        progs = {k: (lambda pg=pg: pipeline.attribute_batch(model, batch, prefix_groups=pg,
-                                                            **call))
-                 for k, pg in (("one-pass", 1), ("exact", "exact"))}
-        out = {k: jax.block_until_ready(fn()) for k, fn in progs.items()}    # compile
+                    step_fns=(), attribute_source=False, attribute_target=True)
+        progs, flops = {}, {}
+        for k, extra in (("one-pass", {}), ("exact", {"causal_chunks": pipeline.exact_plan(batch)})):
+            # one compilation per program: its FLOPs are read and the same executable is timed
+            compiled = pipeline._attribute_jit.lower(model, batch, None, **call, **extra).compile()
+            cost = compiled.cost_analysis()
+            flops[k] = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+            progs[k] = lambda compiled=compiled: compiled(model, batch, None)
+        out = {k: jax.block_until_ready(fn()) for k, fn in progs.items()}
         a, b = (np.nan_to_num(np.asarray(out[k].target_attributions)) for k in progs)
         err = np.abs(a - b).max() / np.abs(a).max()
         times = {k: [] for k in progs}
@@ -115,18 +110,17 @@ def main(argv=None):
         warm = {k: statistics.median(v) for k, v in times.items()}
         rows.append((name, flops, warm, err))
         print(f"{name}: GFLOP one-pass {flops['one-pass'] / 1e9:.1f}, exact "
-              f"{flops['exact'] / 1e9:.1f} ({1 - flops['exact'] / flops['one-pass']:.1%} fewer), "
-              f"prefix groups x2 {flops['auto(2)'] / 1e9:.1f}; warm s "
-              + ", ".join(f"{k} " + " ".join(f"{x:.2f}" for x in v) for k, v in times.items())
+              f"{flops['exact'] / 1e9:.1f} ({1 - flops['exact'] / flops['one-pass']:.1%} fewer); "
+              "warm s " + ", ".join(f"{k} " + " ".join(f"{x:.2f}" for x in v)
+                                    for k, v in times.items())
               + f"; max|diff|/max {err:.1e} (load {os.getloadavg()[0]:.1f})", flush=True)
     print(f"\n=== exact causal truncation, native GPT-2-124M size, batch {args.batch}, "
           "16 + 16 tokens ===")
-    print("| method | GFLOP one-pass | GFLOP 2 prefix groups | GFLOP exact | FLOPs saved | "
+    print("| method | GFLOP one-pass | GFLOP exact | FLOPs saved | "
           "warm one-pass s | warm exact s | speed-up | max diff / max |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, f, w, err in rows:
-        print(f"| {name} | {f['one-pass'] / 1e9:.1f} | {f['auto(2)'] / 1e9:.1f} | "
-              f"{f['exact'] / 1e9:.1f} | {1 - f['exact'] / f['one-pass']:.1%} | "
+        print(f"| {name} | {f['one-pass'] / 1e9:.1f} | {f['exact'] / 1e9:.1f} | {1 - f['exact'] / f['one-pass']:.1%} | "
               f"{w['one-pass']:.2f} | {w['exact']:.2f} | {w['one-pass'] / w['exact']:.2f}x | "
               f"{err:.1e} |")
     print(f"load average {os.getloadavg()[0]:.1f}")
