@@ -21,7 +21,7 @@ from .baselines import BaselineSet
 from .compile_effort import EffortJit
 from .internals.sites import SiteError, is_raw_path, parse_site, resolve_sites
 from .methods._common import as_key, example_identity
-from .methods.attention_rollout import attention_rollout
+from .methods.attention_rollout import attention_rollout, encoder_decoder_rollout
 from .methods.deeplift import RESCALE_NEEDS_NATIVE, deeplift
 from .methods.gradient import input_x_gradient, saliency
 from .methods.integrated_gradients import integrated_gradients
@@ -36,16 +36,11 @@ from .value_zeroing import normalize_scores, value_zeroing_scores
 __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs",
            "keyword_names", "example_ids", "example_keys", "dropout_keys", "resolve_layer",
            "prefix_plan", "exact_plan", "EXACT_NEEDS_NATIVE",
-           "ATTENTION_METHODS", "ROLLOUT_ENC_DEC_ERROR"]
+           "ATTENTION_METHODS"]
 
 # Methods read from forwards alone (no score function, no gradient): the attention patterns
 # of one forward, and value zeroing (one corrupted forward per token, vmapped).
 ATTENTION_METHODS = ("attention", "attention_rollout", "value_zeroing")
-ROLLOUT_ENC_DEC_ERROR = (
-    "method='attention_rollout' supports decoder-only models: through an encoder-decoder the "
-    "rollout would have to mix encoder self-attention, decoder self-attention and "
-    "cross-attention, which Abnar & Zuidema do not define. Use method='attention' (the "
-    "cross-attention per layer and head) for this model.")
 
 
 @struct.dataclass
@@ -536,12 +531,12 @@ def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, targ
 
     Result trailing axes are ``[layers, heads]``: decoder-only, the self-attention of the
     query that predicts each step; encoder-decoder, the cross-attention (source rows) and the
-    decoder self-attention (target rows). With ``rollout`` (decoder-only), the attention
-    rollout through all layers (:func:`jaxattr.methods.attention_rollout`) of that query,
-    with one trailing axis of size 1.
+    decoder self-attention (target rows). With ``rollout``, the attention rollout through all
+    layers of that query, with one trailing axis of size 1: decoder-only
+    :func:`jaxattr.methods.attention_rollout`; encoder-decoder
+    :func:`jaxattr.methods.encoder_decoder_rollout` (source and target shares of the
+    decoder's last state, summing to 1 per step when both sides are attributed).
     """
-    if rollout and adapter.is_encoder_decoder:
-        raise ValueError(ROLLOUT_ENC_DEC_ERROR)
     out = adapter.forward(target_ids=batch.target_ids, target_mask=batch.target_mask,
                           source_ids=batch.source_ids, source_mask=batch.source_mask,
                           output_attentions=True, positions=batch.step_positions - 1)
@@ -553,8 +548,10 @@ def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, targ
     q = batch.step_positions - 1  # query position predicting each step [B, T]
 
     def per_step(weights):  # tuple of [B, heads, Lq, Lk] -> [T, B, Lk, layers, heads]
+        if rollout and not adapter.is_encoder_decoder:
+            weights = attention_rollout(weights)
         if rollout:  # [B, Lq, Lk] as one layer and one head
-            weights = (attention_rollout(weights)[:, None],)
+            weights = (weights[:, None],)
         w = jnp.stack(weights, axis=0)  # [layers, B, heads, Lq, Lk]
         w = jnp.take_along_axis(w, q[None, :, None, :, None], axis=3)  # [layers,B,heads,T,Lk]
         w = jnp.transpose(w, (3, 1, 4, 0, 2))
@@ -562,10 +559,13 @@ def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, targ
 
     attr = {}
     if adapter.is_encoder_decoder:
+        src, tgt = att["cross_attentions"], att["decoder_attentions"]
+        if rollout:
+            src, tgt = encoder_decoder_rollout(att["encoder_attentions"], tgt, src)
         if attribute_source:
-            attr["source"] = per_step(att["cross_attentions"])
+            attr["source"] = per_step(src)
         if attribute_target:
-            attr["target"] = per_step(att["decoder_attentions"])
+            attr["target"] = per_step(tgt)
     else:
         attr["target"] = per_step(att["attentions"])
         attribute_target = True
@@ -677,7 +677,8 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
         sites add a site axis before the hidden axis; saliency and gradient x activation get
         them all from one forward and one set of VJPs. ``method`` may also be the string
         ``"attention"`` (attention weights from the single forward) or
-        ``"attention_rollout"`` (their rollout through all layers; decoder-only).
+        ``"attention_rollout"`` (their rollout through all layers; encoder-decoder: source
+        and target shares by ALTI+'s recurrence).
       split_head: when ``target_fn`` is step-separable (:func:`jaxattr.targets.separable`;
         all built-in targets) and no MC-dropout forwards are asked for, back-propagate
         through the language-model head once (:func:`jaxattr.methods.step_separable`)

@@ -24,7 +24,7 @@ from .methods import get_method
 from .methods._common import check_finite, count
 from .methods.needs import needs_of
 from .methods.quadrature import QUADRATURE_RULES
-from .pipeline import ATTENTION_METHODS, ROLLOUT_ENC_DEC_ERROR, resolve_layer, split_kwargs
+from .pipeline import ATTENTION_METHODS, resolve_layer, split_kwargs
 from .value_zeroing import VALUE_ZEROING_ENC_DEC_ERROR
 from .prefix_groups import check_prefix_groups
 from .spec import PreparedRun, RunSpec, fn_name, hashable
@@ -55,8 +55,6 @@ def resolve_method(adapter, method, layer) -> tuple:
     if method in ATTENTION_METHODS:
         if layer is not None:
             raise ValueError(f"`layer` does not apply to method={method!r}.")
-        if method == "attention_rollout" and adapter.is_encoder_decoder:
-            raise ValueError(ROLLOUT_ENC_DEC_ERROR)
         if method == "value_zeroing" and adapter.is_encoder_decoder:
             raise ValueError(VALUE_ZEROING_ENC_DEC_ERROR)
         return method, None

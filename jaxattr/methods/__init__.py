@@ -3,7 +3,7 @@
 Nothing here imports transformers or flax: every method works on any JAX function.
 """
 from ._vjp import per_output_grads
-from .attention_rollout import attention_rollout
+from .attention_rollout import attention_rollout, encoder_decoder_rollout
 from . import deeplift_rules
 from .deeplift import DEEPLIFT_MODES, DEEPLIFT_RULES, deeplift
 from .discretized_integrated_gradients import dig_paths, discretized_integrated_gradients
@@ -24,6 +24,7 @@ __all__ = ["per_output_grads", "step_separable", "separable", "is_separable", "s
            "gradient_shap", "sequential_integrated_gradients", "occlusion",
            "smoothgrad", "smoothgrad_sq", "vargrad", "noise_tunnel", "NOISE_TUNNEL_TYPES",
            "quadrature", "QUADRATURE_RULES", "METHODS", "get_method", "attention_rollout",
+           "encoder_decoder_rollout",
            "deeplift", "DEEPLIFT_MODES", "DEEPLIFT_RULES", "deeplift_rules", "lime",
            "MethodNeeds", "declare", "needs_of", "discretized_integrated_gradients",
            "dig_paths", "reagent"]
