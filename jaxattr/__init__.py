@@ -13,6 +13,8 @@ Models::
 """
 __version__ = "0.1.0"
 
+from . import xla_safety
+xla_safety.install_env_flag()  # before anything starts a JAX backend (see xla_safety)
 from . import _compat, aggregate, methods, targets, zoo
 _compat.silence_flax_deprecation()
 from ._cache import enable_compilation_cache

@@ -28,6 +28,7 @@ import os
 from typing import Any, Callable, Iterator
 
 import jax
+from .xla_safety import safe_jit
 
 __all__ = ["SMALL_MODEL_PARAMS", "EFFORTS", "set_compile_effort", "get_compile_effort",
            "compile_effort", "fast_compile_applies", "EffortJit"]
@@ -101,8 +102,8 @@ class EffortJit:
     what the other has compiled."""
 
     def __init__(self, fn: Callable, **jit_kwargs: Any):
-        self.full = jax.jit(fn, **jit_kwargs)
-        self.fast = jax.jit(fn, compiler_options=_FAST_OPTIONS, **jit_kwargs)
+        self.full = safe_jit(fn, **jit_kwargs)
+        self.fast = safe_jit(fn, compiler_options=_FAST_OPTIONS, **jit_kwargs)
 
     def pick(self, params: Any) -> Callable:
         """The wrapper for a program over ``params``."""

@@ -21,6 +21,7 @@ from typing import Optional
 import jax
 import numpy as np
 
+from .xla_safety import safe_jit
 from . import _cache
 from .methods.monotonic_paths import knn_graph
 
@@ -29,7 +30,7 @@ __all__ = ["cached_knn_graph", "knn_cache_dir", "table_digest"]
 _FORMAT = 1  # bump when knn_graph's output changes
 _MEMORY: dict = {}  # digest -> indices, the most recent _MEMORY_SIZE tables
 _MEMORY_SIZE = 4
-_knn_jit = jax.jit(knn_graph, static_argnames=("n_neighbors", "row_batch", "refine"))
+_knn_jit = safe_jit(knn_graph, static_argnames=("n_neighbors", "row_batch", "refine"))
 
 
 def knn_cache_dir() -> Optional[str]:

@@ -3,6 +3,10 @@ import os
 # Tests compile many small programs; faster XLA codegen (same numbers up to float rounding).
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# In-process CLI calls turn JAX's persistent compilation cache on; tests never write under
+# ~/.cache (two workers sharing one cache directory read each other's half-written entries).
+# Tests of the cache set JAXATTR_CACHE_DIR themselves.
+os.environ.setdefault("JAXATTR_CACHE_DIR", "")
 
 import pytest  # noqa: E402
 

@@ -50,7 +50,7 @@ def test_plan_auto_splits_long_continuations():
 
 @pytest.mark.parametrize("bad", [0, -1, "yes", 1.5, True, None])
 def test_bad_values_say_what_to_pass(gpt2, bad):
-    with pytest.raises(ValueError, match="'auto' or an int >= 1"):
+    with pytest.raises(ValueError, match=r"'auto', 'exact' \(native decoders: exact causal truncation\) or an int >= 1"):
         gpt2.attribute(PROMPTS[0], FULL[0], prefix_groups=bad, show_progress=False)
 
 

@@ -94,7 +94,7 @@ def test_split_head_and_granular_must_be_booleans(gpt2):
 
 @pytest.mark.parametrize("bad", [0, -2, "fast", 1.5, True])
 def test_prefix_groups_is_validated(gpt2, bad):
-    with pytest.raises(ValueError, match="prefix_groups must be 'auto' or an int >= 1"):
+    with pytest.raises(ValueError, match=r"prefix_groups must be 'auto', 'exact' .* or an int >= 1"):
         gpt2.prepare(PROMPTS[:1], FULL[:1], prefix_groups=bad)
 
 

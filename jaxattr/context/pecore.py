@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..xla_safety import safe_jit
 from ..encoding import (EncodedSequence, InputError, _check_length, pad_batch, pad_contrast)
 from ..methods import get_method, needs_of
 from ..pipeline import ModelBatch, attribute_batch, split_kwargs
@@ -389,7 +390,7 @@ def _gather_steps(values, positions):
     return jnp.take_along_axis(values, idx, axis=1)
 
 
-@functools.partial(jax.jit, static_argnames=("metric", "metric_kwargs"))
+@functools.partial(safe_jit, static_argnames=("metric", "metric_kwargs"))
 def cti_program(adapter, batch: ModelBatch, *, metric, metric_kwargs=()):
     """CTI scores ``[B, T]`` from two teacher-forced forwards: the contextless run
     (``target_*``/``source_*``, logits at ``step_positions - 1``) as original and the
@@ -577,7 +578,7 @@ def _set_contrast(model, row: _Row, ex: _Example, ids: list, foil: Optional[int]
     _check_length(len(ids), limit, "contextless output", row.example)
 
 
-@jax.jit
+@safe_jit
 def _next_logits(adapter, batch: ModelBatch):
     return adapter.logits(target_ids=batch.target_ids, target_mask=batch.target_mask,
                           source_ids=batch.source_ids, source_mask=batch.source_mask,

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from ..xla_safety import safe_jit
 from ..targets import TargetBatch
 
 __all__ = ["PerturbedChunk", "ModelScorer", "Row", "make_row", "score_rows"]
@@ -155,7 +156,7 @@ def _chunk_impl(scorer, chunk: PerturbedChunk, key, *, soft: bool):
     return scorer.score(chunk, embeds)
 
 
-_chunk_jit = jax.jit(_chunk_impl, static_argnames=("soft",))
+_chunk_jit = safe_jit(_chunk_impl, static_argnames=("soft",))
 
 
 def score_rows(scorer, rows: Sequence[Row], *, max_tokens: int = 16384, seed: int = 0,

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
+from ..xla_safety import safe_jit
 from .sites import SiteError, parse_site, resolve_sites
 
 __all__ = ["ActivationCache", "run_sites"]
@@ -69,7 +70,7 @@ def _run(model, target_ids, target_mask, source_ids, source_mask, patch_values, 
     return out["logits"], out["captured"]
 
 
-_run_jit = jax.jit(_run, static_argnames=("capture", "patch_fns"))
+_run_jit = safe_jit(_run, static_argnames=("capture", "patch_fns"))
 
 
 def run_sites(model: Any, *, target_ids: jax.Array, target_mask: jax.Array,

@@ -31,10 +31,10 @@ from __future__ import annotations
 from functools import partial
 from typing import Mapping, Optional, Sequence, Union
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..xla_safety import safe_jit
 from ..encoding import InputError, _as_list, _check_nonempty, _strip_trailing_eos
 from .engine import patched_metrics
 from .results import MediationResult
@@ -58,7 +58,7 @@ def _response(anti, stereo):
     return fn
 
 
-@partial(jax.jit, static_argnames=("sites", "chunk"))
+@partial(safe_jit, static_argnames=("sites", "chunk"))
 def _mediate(backend, base_run, int_run, anti, stereo, pos, masks, rows, *, sites, chunk):
     metric = _response(anti, stereo)
     b = backend.forward(**base_run, positions=pos[:, None], capture=sites)

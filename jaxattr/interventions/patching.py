@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..xla_safety import safe_jit
 from ..encoding import InputError
 from ..internals.sites import parse_site, resolve_sites
 from .engine import restart_groups, restarted_metrics, site_gradients
@@ -89,7 +90,7 @@ def _start_site(layer: int, used: tuple) -> str:
     return f"blocks.{layer}.resid_pre"
 
 
-@partial(jax.jit, static_argnames=("sites", "metric", "chunk", "groups"))
+@partial(safe_jit, static_argnames=("sites", "metric", "chunk", "groups"))
 def _exact(backend, run, src_run, answer, foil, last, group_masks, order, *, sites, metric,
            chunk, groups):
     src = backend.forward(**src_run, positions=last[:, None], capture=sites)
@@ -104,7 +105,7 @@ def _exact(backend, run, src_run, answer, foil, last, group_masks, order, *, sit
     return scores, m_src, m_run
 
 
-@partial(jax.jit, static_argnames=("sites", "metric", "n_steps"))
+@partial(safe_jit, static_argnames=("sites", "metric", "n_steps"))
 def _first_order(backend, run, src_run, answer, foil, last, *, sites, metric, n_steps):
     src = backend.forward(**src_run, positions=last[:, None], capture=sites)
     own = backend.forward(**run, positions=last[:, None], capture=sites)

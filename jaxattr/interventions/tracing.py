@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..xla_safety import safe_jit
 from ..encoding import InputError
 from .categories import CATEGORIES, category_average
 from .engine import restart_groups, restarted_metrics
@@ -88,7 +89,7 @@ def _start_site(kind):
     return start
 
 
-@partial(jax.jit, static_argnames=("sites", "groups", "chunk"))
+@partial(safe_jit, static_argnames=("sites", "groups", "chunk"))
 def _trace(backend, ids, mask, noise, answer, group_masks, order, *, sites, groups, chunk):
     last = jnp.sum(mask, axis=1) - 1                      # [1]
     clean = backend.forward(target_ids=ids, target_mask=mask, positions=last[:, None],

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..xla_safety import safe_jit
 from ..encoding import InputError, _as_list, _strip_trailing_eos, pad_batch
 from .checkpoint import load_state, save_lens, save_state
 from .core import row_statistics
@@ -22,7 +23,7 @@ from .tuned import TunedLens
 __all__ = ["logit_lens", "trajectory_of", "train_tuned_lens", "evaluate_tuned_lens"]
 
 
-@functools.partial(jax.jit, static_argnames=("top_k", "layer_chunk"))
+@functools.partial(safe_jit, static_argnames=("top_k", "layer_chunk"))
 def _lens_batch(source, lens, batch, targets, *, top_k, layer_chunk):
     states = source.states(batch)
     return states, row_statistics(source.readout, states, jnp.maximum(targets, 0), lens,

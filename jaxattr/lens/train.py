@@ -17,6 +17,7 @@ import numpy as np
 import optax
 from flax import struct
 
+from ..xla_safety import safe_jit
 from .core import Readout, kl_rows, row_log_probs
 from .tuned import TunedLens
 
@@ -122,7 +123,7 @@ def make_train_step(optimizer: optax.GradientTransformation, *,
         lens = optax.apply_updates(state.lens, updates)
         return TrainState(lens=lens, opt_state=opt_state, step=state.step + 1), kls
 
-    return jax.jit(step, donate_argnums=(0,))
+    return safe_jit(step, donate_argnums=(0,))
 
 
 def fit(source: LensSource, batches_at: Callable[[int], dict], *, steps: int,
@@ -176,7 +177,7 @@ def fit(source: LensSource, batches_at: Callable[[int], dict], *, steps: int,
     return state, np.asarray(history, np.float32).reshape(-1, source.n_layers)
 
 
-@functools.partial(jax.jit, static_argnames=("layer_chunk",))
+@functools.partial(safe_jit, static_argnames=("layer_chunk",))
 def _eval_batch(lens, source, batch, layer_chunk=None):
     states = source.states(batch)
     final = row_log_probs(source.readout, states[-1])

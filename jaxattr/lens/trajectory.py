@@ -11,9 +11,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional
 
-import jax
 import numpy as np
 
+from ..xla_safety import safe_jit
 from .. import views
 from .core import lens_log_probs
 
@@ -22,7 +22,7 @@ __all__ = ["LensTrajectory", "STAT_NAMES"]
 #: Per-cell statistics, each ``[n_rows, T]`` (``top_ids``/``top_probs``: ``[n_rows, T, k]``).
 STAT_NAMES = ("top_ids", "top_probs", "entropy", "kl", "target_prob", "target_rank")
 
-_decode = jax.jit(lens_log_probs, static_argnames=("layer_chunk",))
+_decode = safe_jit(lens_log_probs, static_argnames=("layer_chunk",))
 
 
 class _LazyLogProbs:

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from ..xla_safety import safe_jit
 from .spec import TrainSpec
 
 __all__ = ["init_probe", "dense", "apply_probe", "standardize", "probe_loss", "objective", "train_probe",
@@ -357,7 +358,7 @@ def predict(params: list, x: jax.Array, y: jax.Array, kind: str):
     return out[:, 0], jnp.zeros(out.shape[:1], jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("n_train", "n_val", "spec", "probe", "kind",
+@functools.partial(safe_jit, static_argnames=("n_train", "n_val", "spec", "probe", "kind",
                                              "n_out"))
 def run_probes(features: jax.Array, labels: jax.Array, task: jax.Array, n_rows: jax.Array,
                keys: jax.Array, *, n_train: int, n_val: int, spec: TrainSpec, probe: str,
