@@ -126,3 +126,27 @@ def test_import_jaxattr_does_not_import_render():
 def test_an_unregistered_view_is_a_clear_error():
     with pytest.raises(views.ViewError, match="nothing provides 'no_such_view'.*import jaxattr"):
         views.dispatch("no_such_view", object())
+
+
+def _calls_jax_jit(tree: ast.AST) -> bool:
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Attribute) and node.attr == "jit"
+                and isinstance(node.value, ast.Name) and node.value.id == "jax"):
+            return True
+    return False
+
+
+def test_jaxattr_compiles_only_through_safe_jit():
+    """Every program jaxattr compiles carries xla_safety's compiler options: ``jax.jit``
+    appears in jaxattr.xla_safety only (elsewhere: ``safe_jit``)."""
+    offenders = [str(p.relative_to(PKG)) for p in sorted(PKG.rglob("*.py"))
+                 if p.name != "xla_safety.py" and _calls_jax_jit(ast.parse(p.read_text()))]
+    assert offenders == [], f"use jaxattr.xla_safety.safe_jit instead of jax.jit in {offenders}"
+
+
+def test_the_jit_guard_sees_jax_jit():
+    assert _calls_jax_jit(ast.parse("import jax\nf = jax.jit(lambda x: x)"))
+    assert _calls_jax_jit(ast.parse("import functools, jax\n"
+                                    "@functools.partial(jax.jit, static_argnames=('a',))\n"
+                                    "def f(x, a): return x"))
+    assert not _calls_jax_jit(ast.parse("from .xla_safety import safe_jit\nf = safe_jit(g)"))
