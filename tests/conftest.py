@@ -4,14 +4,41 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # In-process CLI calls turn JAX's persistent compilation cache on; tests never write under
-# ~/.cache (two workers sharing one cache directory read each other's half-written entries).
-# Tests of the cache set JAXATTR_CACHE_DIR themselves.
+# ~/.cache (nor share one directory between workers). Tests of the cache set
+# JAXATTR_CACHE_DIR themselves.
 os.environ.setdefault("JAXATTR_CACHE_DIR", "")
 
 import pytest  # noqa: E402
 
 import jaxattr  # noqa: E402
 from jaxattr.testing import make_model  # noqa: E402
+
+
+def _memory_maps() -> int:
+    try:
+        with open("/proc/self/maps") as f:
+            return sum(1 for _ in f)
+    except OSError:  # not Linux
+        return 0
+
+
+# Every compiled XLA CPU executable keeps ~45 memory mappings alive (its code sections) until
+# JAX's caches drop it. One pytest worker compiles thousands of programs; past the kernel's
+# vm.max_map_count (65530 by default) LLVM cannot map the next one and the worker dies
+# (SIGABRT / SIGSEGV inside backend_compile_and_load — seen in CI). Drop the compiled programs
+# when a worker gets near the limit (clear_caches: 7909 -> 655 mappings after 3 tests).
+MAX_MAPS = 30_000
+
+
+@pytest.fixture(autouse=True)
+def _release_compiled_programs():
+    yield
+    if _memory_maps() > MAX_MAPS:
+        import gc
+
+        import jax
+        jax.clear_caches()
+        gc.collect()
 
 
 @pytest.fixture(scope="session")

@@ -47,8 +47,17 @@ def _vocab(model):
 def test_knn_graph_equals_scikit_learn(name, reference, models):
     z, _, _ = reference
     idx, dist = jax.jit(knn_graph)(_vocab(models[name]))
-    np.testing.assert_array_equal(np.asarray(idx), z[f"knn/{name}/indices"])
-    np.testing.assert_allclose(np.asarray(dist), z[f"knn/{name}/distances"], rtol=1e-5)
+    idx, ref_idx = np.asarray(idx), z[f"knn/{name}/indices"]
+    ref_dist = z[f"knn/{name}/distances"]
+    np.testing.assert_allclose(np.asarray(dist), ref_dist, rtol=1e-5)
+    # Same neighbours in the same order, except where two neighbours are tied (distances
+    # equal to float32 rounding: 2 of 15900 in the Marian vocabulary): their order is
+    # rounding's. Each neighbour must sit in scikit-learn's row at the same distance.
+    for row, col in zip(*np.nonzero(idx != ref_idx)):
+        at = np.flatnonzero(ref_idx[row] == idx[row, col])
+        assert at.size == 1, (row, col)
+        np.testing.assert_allclose(ref_dist[row, at[0]], ref_dist[row, col], rtol=1e-6)
+    assert (idx != ref_idx).mean() < 1e-3
 
 
 @pytest.mark.parametrize("strategy", ["greedy", "maxcount"])
