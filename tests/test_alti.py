@@ -218,8 +218,53 @@ def test_padded_rows_change_nothing_in_the_function():
 def test_clear_errors():
     with pytest.raises(ValueError, match="decoder-only.*attention_rollout"):
         _model("marian").attribute("a b", "c d", method="alti")
+    gemma2 = _model("native:gemma2")
     with pytest.raises(ValueError, match="post-attention norm"):
-        alti_scores(jaxattr.load_model(os.path.join(CKPT, "gemma2")).adapter,
-                    target_ids=jnp.ones((1, 3), jnp.int32), target_mask=jnp.ones((1, 3)))
+        alti_scores(gemma2.adapter, target_ids=jnp.ones((1, 3), jnp.int32),
+                    target_mask=jnp.ones((1, 3)))
+    # and the refusal is needed: there the attention output does not split over the tokens
+    whole, parts = _splits_over_tokens(gemma2)
+    assert np.abs(whole - parts).max() > 0.1 * np.abs(whole).max()
     with pytest.raises(ValueError, match="`layer` does not apply"):
         _model("gpt2").attribute("The cat", TEXT, method="alti", layer="blocks.0.attn_out")
+
+
+def _splits_over_tokens(model):
+    """Per-layer ``(attn_out − b, Σ_j T(·, j))`` from forwards that keep all value rows, none,
+    or one (each layer's input clean): ALTI's premise, linearity in the values."""
+    fns = model.adapter
+    ids, mask = _ids(model)
+    n = sum(1 for s in fns.sites() if s.endswith(".resid_post"))
+    L = ids.shape[1]
+    outs = tuple(f"blocks.{l}.attn_out" for l in range(n))
+
+    @jax.jit
+    def run(keep):
+        clean = fns.forward(target_ids=ids, target_mask=mask, capture=tuple(
+            f"blocks.{l}.resid_pre" for l in range(n)))["captured"]
+        patch = {f"blocks.{l}.resid_pre": (lambda _, v=clean[f"blocks.{l}.resid_pre"]: v)
+                 for l in range(1, n)}
+        patch.update({f"blocks.{l}.value": lambda v: v * keep[None, :, None].astype(v.dtype)
+                      for l in range(n)})
+        out = fns.forward(target_ids=ids, target_mask=mask, capture=outs, patch=patch)
+        return jnp.stack([out["captured"][s][0] for s in outs]).astype(jnp.float32)
+
+    bias = run(jnp.zeros(L))
+    whole = run(jnp.ones(L)) - bias
+    parts = jax.vmap(lambda j: run(jnp.arange(L) == j) - bias)(jnp.arange(L)).sum(0)
+    return np.asarray(whole), np.asarray(parts)
+
+
+@pytest.mark.parametrize("arch", ["gptj", "bloom", "native:qwen3"])
+def test_every_layout_splits_over_tokens_and_rows_sum_to_one(arch):
+    """GPT-J (parallel attention and MLP), Bloom (fused per-head qkv, residual added inside its
+    attention module) and native Qwen 3 (per-head q/k norms): the attention output is the
+    sum of the per-token terms plus the bias, and ALTI's rows are distributions."""
+    model = _model(arch)
+    whole, parts = _splits_over_tokens(model)
+    np.testing.assert_allclose(parts, whole, atol=1e-5 * max(1.0, np.abs(whole).max()))
+    ids, mask = _ids(model)
+    got = np.asarray(_scores(model.adapter, target_ids=ids, target_mask=mask))[0]
+    assert got.min() >= 0
+    np.testing.assert_allclose(got.sum(-1), np.ones(got.shape[0]), atol=1e-5)
+    assert np.all(np.triu(got, 1) == 0)
