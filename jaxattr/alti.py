@@ -112,18 +112,20 @@ def alti_contributions(fns, *, target_ids: jax.Array, target_mask: jax.Array,
         return jnp.stack([out[s] for s in outs], 1).astype(jnp.float32)  # [B, n, L, H]
 
     bias = kept(jnp.zeros((L,), bool))                                  # [B, n, L, H]
-    tokens = jnp.arange(L)
-    one = lambda j: kept(tokens == j) - bias  # noqa: E731  T(·, j): [B, n, L_i, H]
-    if token_batch_size is None or token_batch_size >= L:
-        t = jax.vmap(one)(tokens)
-    else:
-        t = jax.lax.map(one, tokens, batch_size=int(token_batch_size))
-    t = jnp.moveaxis(t, 0, 3)                                           # [B, n, L_i, L_j, H]
-    eye = jnp.eye(L, dtype=t.dtype)
-    t = t + eye[None, None, :, :, None] * x[:, :, :, None, :]           # residual at j = i
     y = x + attn                                                        # [B, n, L_i, H]
-    norm_y = jnp.sum(jnp.abs(y), -1)[..., None]
-    c = jnp.maximum(norm_y - jnp.sum(jnp.abs(y[:, :, :, None] - t), -1), 0.0)
+    norm_y = jnp.sum(jnp.abs(y), -1)
+    tokens = jnp.arange(L)
+
+    def column(j):  # c(·, j) before normalisation: [B, n, L_i]; T(·, j) is never stored
+        t = kept(tokens == j) - bias + jnp.where((tokens == j)[:, None], x, 0.0)
+        return jnp.maximum(norm_y - jnp.sum(jnp.abs(y - t), -1), 0.0)
+
+    if token_batch_size is None or token_batch_size >= L:
+        c = jax.vmap(column)(tokens)
+    else:
+        c = jax.lax.map(column, tokens, batch_size=int(token_batch_size))
+    c = jnp.moveaxis(c, 0, -1)                                          # [B, n, L_i, L_j]
+    eye = jnp.eye(L, dtype=c.dtype)
     real = target_mask > 0
     sees = (jnp.tril(jnp.ones((L, L), bool))[None] & real[:, None, :]
             & real[:, :, None])[:, None]                                # [B, 1, L_i, L_j]
