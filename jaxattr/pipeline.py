@@ -31,6 +31,7 @@ from .prefix_groups import (check_prefix_groups, one_pass_flops, plan_prefix_gro
                              stitch_groups, truncate_batch)
 from .results import BatchAttribution
 from .targets import TargetBatch
+from .alti import alti_scores
 from .value_zeroing import normalize_scores, value_zeroing_scores
 
 __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs",
@@ -40,7 +41,7 @@ __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs"
 
 # Methods read from forwards alone (no score function, no gradient): the attention patterns
 # of one forward, and value zeroing (one corrupted forward per token, vmapped).
-ATTENTION_METHODS = ("attention", "attention_rollout", "value_zeroing")
+ATTENTION_METHODS = ("attention", "attention_rollout", "value_zeroing", "alti")
 
 
 @struct.dataclass
@@ -612,6 +613,25 @@ def _value_zeroing_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, 
     return _assemble(attr, batch, step_scores, False, True, reduce_hidden)
 
 
+def _alti_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, target_kwargs,
+              step_fns, attribute_source, attribute_target, contrast_forward=False,
+              reduce_hidden=None):
+    """ALTI (:mod:`jaxattr.alti`) of the positions that predict each step: target rows
+    ``[T, B, L, 1]`` (the rollout row of each step's query, summing to 1 over the tokens it
+    sees), laid out as ``attention_rollout``'s. Decoder-only."""
+    rows = alti_scores(adapter, target_ids=batch.target_ids,
+                       target_mask=batch.target_mask)                  # [B, Lpos, Ltok]
+    q = batch.step_positions - 1
+    rows = jnp.take_along_axis(rows, q[:, :, None], axis=1)          # [B, T, Ltok]
+    out = adapter.forward(target_ids=batch.target_ids, target_mask=batch.target_mask,
+                          positions=q)
+    tb = _target_batch(adapter, batch, contrast_forward)
+    step_scores = {name: fn(out["logits"], tb, **dict(kw)) * batch.step_mask
+                   for name, fn, kw in step_fns}
+    attr = {"target": jnp.transpose(rows, (1, 0, 2))[..., None]}     # [T, B, Ltok, 1]
+    return _assemble(attr, batch, step_scores, False, True, reduce_hidden)
+
+
 def _baseline(adapter, batch, baseline, x):
     """Baseline pytree matching ``x``: id-based (UNK/PAD embeddings), zeros, or arrays."""
     out = {}
@@ -653,6 +673,9 @@ _attention_jits = EffortJit(_attention_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
     "contrast_forward", "reduce_hidden", "rollout"))
 _value_zeroing_jits = EffortJit(_value_zeroing_impl, static_argnames=(
+    "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
+    "contrast_forward", "reduce_hidden"))
+_alti_jits = EffortJit(_alti_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
     "contrast_forward", "reduce_hidden"))
 _attribute_jit = _attribute_jits.full
@@ -782,6 +805,9 @@ def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0,
     if method == "value_zeroing":
         return ((_value_zeroing_jits.pick(adapter.params) if jit else _value_zeroing_impl),
                 (adapter, batch), common)
+    if method == "alti":
+        return ((_alti_jits.pick(adapter.params) if jit else _alti_impl), (adapter, batch),
+                common)
     if method in ATTENTION_METHODS:
         common = dict(common, rollout=method == "attention_rollout")
         return ((_attention_jits.pick(adapter.params) if jit else _attention_impl),

@@ -25,6 +25,7 @@ from .methods._common import check_finite, count
 from .methods.needs import needs_of
 from .methods.quadrature import QUADRATURE_RULES
 from .pipeline import ATTENTION_METHODS, resolve_layer, split_kwargs
+from .alti import check_alti_model
 from .value_zeroing import VALUE_ZEROING_ENC_DEC_ERROR
 from .prefix_groups import check_prefix_groups
 from .spec import PreparedRun, RunSpec, fn_name, hashable
@@ -57,6 +58,8 @@ def resolve_method(adapter, method, layer) -> tuple:
             raise ValueError(f"`layer` does not apply to method={method!r}.")
         if method == "value_zeroing" and adapter.is_encoder_decoder:
             raise ValueError(VALUE_ZEROING_ENC_DEC_ERROR)
+        if method == "alti":
+            check_alti_model(adapter)
         return method, None
     if isinstance(method, str) and method not in list_methods():
         raise ValueError(

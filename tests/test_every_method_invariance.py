@@ -31,6 +31,7 @@ COVERED = {
     "value_zeroing": "test_value_zeroing.py::"
                      "test_through_attribute_columns_sum_to_one_and_batch_invariance",
     "layer_deeplift": HERE,
+    "alti": "test_alti.py::test_batch_invariance_through_attribute",
     "reagent": "test_reagent.py::test_pipeline_batch_invariance_and_listing",
     "discretized_integrated_gradients": "test_dig.py::test_batch_invariance",
     "vargrad": HERE,
