@@ -13,14 +13,15 @@ LAYER_METHODS = {"layer_integrated_gradients": "integrated_gradients",
                  "layer_saliency": "saliency",
                  "layer_deeplift": "deeplift"}
 # Methods that need a model (not pure functions of a score function).
-MODEL_METHODS = tuple(sorted(LAYER_METHODS)) + ("attention", "attention_rollout", "value_zeroing")
+MODEL_METHODS = tuple(sorted(LAYER_METHODS)) + ("attention", "attention_rollout", "attention_flow",
+                                                "value_zeroing")
 
 
 def list_methods() -> list[str]:
     """Every method name ``model.attribute(method=...)`` accepts: the functional methods
     (``saliency`` …, and the noise tunnels ``smoothgrad`` / ``smoothgrad_sq`` / ``vargrad``
-    around saliency), the layer methods, ``attention``, ``attention_rollout`` and
-    ``value_zeroing``; sorted."""
+    around saliency), the layer methods, ``attention``, ``attention_rollout``,
+    ``attention_flow`` and ``value_zeroing``; sorted."""
     return sorted(set(METHODS) | set(NOISE_TUNNEL_TYPES) | set(MODEL_METHODS))
 
 

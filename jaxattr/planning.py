@@ -24,7 +24,8 @@ from .methods import get_method
 from .methods._common import check_finite, count
 from .methods.needs import needs_of
 from .methods.quadrature import QUADRATURE_RULES
-from .pipeline import ATTENTION_METHODS, resolve_layer, split_kwargs
+from .pipeline import (ATTENTION_FLOW_ENC_DEC_ERROR, ATTENTION_METHODS, resolve_layer,
+                       split_kwargs)
 from .value_zeroing import VALUE_ZEROING_ENC_DEC_ERROR
 from .prefix_groups import check_prefix_groups
 from .spec import PreparedRun, RunSpec, fn_name, hashable
@@ -57,6 +58,8 @@ def resolve_method(adapter, method, layer) -> tuple:
             raise ValueError(f"`layer` does not apply to method={method!r}.")
         if method == "value_zeroing" and adapter.is_encoder_decoder:
             raise ValueError(VALUE_ZEROING_ENC_DEC_ERROR)
+        if method == "attention_flow" and adapter.is_encoder_decoder:
+            raise ValueError(ATTENTION_FLOW_ENC_DEC_ERROR)
         return method, None
     if isinstance(method, str) and method not in list_methods():
         raise ValueError(
