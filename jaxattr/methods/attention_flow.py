@@ -16,9 +16,9 @@ capacities: each capacity is scaled by ``scale``, rounded, and the flow divided 
 moves each capacity by at most ``1/(2·scale)``, so every cut's capacity by at most
 ``|cut|/(2·scale)`` and the maximum flow (= minimum cut) by at most
 ``E/(2·scale)``, ``E`` the number of edges with positive capacity (≤ ``n·L²``; causal
-``n·L(L+1)/2``). That is the worst case; in practice the errors of the few edges of the
-minimum cut partly cancel (``tests/test_attention_flow.py`` measures ≤ 1e-6 against an exact
-float Edmonds–Karp).
+``n·L(L+1)/2``). That is the worst case (5e-5 for 3 dense layers of 6 tokens); only the
+edges of the minimum cut count and their errors partly cancel (measured there against an exact
+float64 Edmonds–Karp: ≤ 2.8e-6 over 20 random graphs, float32 ``Â`` included).
 
 Pure maths over attention patterns (numpy out); the model pipeline
 (:func:`jaxattr.pipeline.attribute_batch` with ``method="attention_flow"``) computes the
