@@ -582,12 +582,14 @@ def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, targ
 
 def _value_zeroing_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, target_kwargs,
                         step_fns, attribute_source, attribute_target, contrast_forward=False,
-                        reduce_hidden=None):
+                        reduce_hidden=None, method_kwargs=()):
     """Value zeroing (:mod:`jaxattr.value_zeroing`) of the positions that predict each step:
     target rows ``[T, B, L, layers]``, each column normalised over the tokens the step sees
-    (Inseq's threshold 1e-5 and sum-to-1). Decoder-only."""
+    (Inseq's threshold 1e-5 and sum-to-1). Decoder-only. ``method_kwargs``: its options
+    (``similarity_metric``, ``zeroed_units_indices``; static)."""
     dist = value_zeroing_scores(adapter, target_ids=batch.target_ids,
-                                target_mask=batch.target_mask)        # [B, Ltok, Lpos, n]
+                                target_mask=batch.target_mask,
+                                **dict(method_kwargs))                # [B, Ltok, Lpos, n]
     q = batch.step_positions - 1
     cols = jnp.take_along_axis(dist, q[:, None, :, None], axis=2)    # [B, Ltok, T, n]
     tok = jnp.arange(dist.shape[1])
@@ -679,7 +681,7 @@ _attention_jits = EffortJit(_attention_impl, static_argnames=(
     "contrast_forward", "reduce_hidden", "rollout"))
 _value_zeroing_jits = EffortJit(_value_zeroing_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
-    "contrast_forward", "reduce_hidden"))
+    "contrast_forward", "reduce_hidden", "method_kwargs"))
 _flow_mixing_jits = EffortJit(_flow_mixing_impl, static_argnames=("step_fns",
                                                                    "contrast_forward"))
 _attribute_jit = _attribute_jits.full
@@ -811,7 +813,7 @@ def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0,
         return _attention_flow_run, (adapter, batch), dict(common, jit=jit)
     if method == "value_zeroing":
         return ((_value_zeroing_jits.pick(adapter.params) if jit else _value_zeroing_impl),
-                (adapter, batch), common)
+                (adapter, batch), dict(common, method_kwargs=method_kwargs))
     if method in ATTENTION_METHODS:
         common = dict(common, rollout=method == "attention_rollout")
         return ((_attention_jits.pick(adapter.params) if jit else _attention_impl),
