@@ -9,6 +9,9 @@ same forward with its input restored to the clean state (``blocks.{l}.resid_pre`
 so layers do not compound, as in Inseq; the forwards of all tokens are one ``vmap`` (chunked
 with ``lax.map`` when ``token_batch_size`` is given).
 
+Options as Inseq 0.7.1's: ``similarity_metric="euclidean"`` scores ``‖h_l[i] − h̃_l[i]‖₂``
+instead, and ``zeroed_units_indices`` zeroes only some value heads (per layer with a dict).
+
 Works on every model of the internals protocol that offers the ``value`` site (the native
 family and every transformers architecture in the site table), decoder-only.
 """
