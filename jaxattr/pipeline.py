@@ -263,35 +263,16 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
                                  attribute_target=attribute_target, **common)
                  for name in layer]
         return _stack_sites(parts)
-    tgt_embeds = adapter.embed(batch.target_ids, side="decoder")
-    src_embeds = (adapter.embed(batch.source_ids, side="encoder")
-                  if adapter.is_encoder_decoder else None)
-    tbatch = _target_batch(adapter, batch, contrast_forward)
-    emb = {}
-    if attribute_source:
-        emb["source"] = src_embeds
-    if attribute_target:
-        emb["target"] = tgt_embeds
-
-    # Step-separable targets back-propagate through the LM head once, not once per step.
-    split = split_head and is_separable(target_fn) and not n_dropout
-
-    def run(embeds, *, patch=None, capture=(), dropout_rng=None):
-        # logits only at the positions that predict the attributed steps: [B, T, V]
-        return adapter.forward(
-            target_ids=batch.target_ids, target_mask=batch.target_mask,
-            target_embeds=embeds.get("target", tgt_embeds),
-            source_ids=batch.source_ids, source_mask=batch.source_mask,
-            source_embeds=embeds.get("source", src_embeds), dropout_rng=dropout_rng,
-            capture=capture, patch=patch, positions=batch.step_positions - 1,
-            return_head=split)
-
     if (method is deeplift and dict(method_kwargs).get("mode", "rescale") == "rescale"
             and not getattr(adapter, "deeplift_rules", False)):
         raise ValueError(RESCALE_NEEDS_NATIVE)
+    tbatch = _target_batch(adapter, batch, contrast_forward)
+    # Step-separable targets back-propagate through the LM head once, not once per step.
+    split = split_head and is_separable(target_fn) and not n_dropout
+    run, emb, all_embeds = _embedded_run(adapter, batch, split=split,
+                                         attribute_source=attribute_source,
+                                         attribute_target=attribute_target)
     needs = needs_of(method)
-    all_embeds = ({"source": src_embeds, "target": tgt_embeds} if adapter.is_encoder_decoder
-                  else {"target": tgt_embeds})
     x, forward, base_x = _attributed_inputs(adapter, batch, baseline, run, emb, all_embeds,
                                             layer=layer, takes_baseline=needs.baseline)
     if layer is not None:
@@ -309,14 +290,10 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
                                     lambda xd: forward(xd)["logits"], tbatch))
         kwargs.update(method_arrays or {})
     attr, (step_logits, tb, scores) = method(score_fn, x, has_aux=True, **kwargs)
-
     step_scores = {name: fn(step_logits, tb, **dict(kw)) * batch.step_mask
                    for name, fn, kw in step_fns}
     if needs.completeness:
-        # Completeness per (sequence, step): Σ attributions − (s(x) − s(baseline)).
-        base_scores = score_fn(base_x)[0]
-        total = sum(a.reshape(a.shape[:2] + (-1,)).sum(-1) for a in attr.values())  # [T, B]
-        step_scores["deltas"] = (total.T - (scores - base_scores)) * batch.step_mask
+        step_scores["deltas"] = _completeness_deltas(attr, scores, score_fn(base_x)[0], batch)
     if layer is None:
         return _assemble(attr, batch, step_scores, attribute_source, attribute_target,
                          reduce_hidden)
@@ -324,6 +301,45 @@ def _attribute_impl(adapter: ModelAdapter, batch: ModelBatch, baseline, *, metho
     parts = [_assemble({side: attr[name]}, batch, step_scores, attribute_source,
                        attribute_target, reduce_hidden) for name in layer]
     return parts[0] if len(parts) == 1 else _stack_sites(parts)
+
+
+def _embedded_run(adapter: ModelAdapter, batch: ModelBatch, *, split: bool,
+                  attribute_source: bool, attribute_target: bool):
+    """The batch's embeddings and ``run(embeds, *, patch, capture, dropout_rng)``, a forward
+    from (possibly replaced) embeddings with logits only at the positions that predict the
+    attributed steps (``[B, T, V]``; the head's input instead when ``split``).
+
+    Returns ``(run, attributed embeddings by side, all embeddings by side)``."""
+    tgt_embeds = adapter.embed(batch.target_ids, side="decoder")
+    src_embeds = (adapter.embed(batch.source_ids, side="encoder")
+                  if adapter.is_encoder_decoder else None)
+    emb = {}
+    if attribute_source:
+        emb["source"] = src_embeds
+    if attribute_target:
+        emb["target"] = tgt_embeds
+
+    def run(embeds, *, patch=None, capture=(), dropout_rng=None):
+        return adapter.forward(
+            target_ids=batch.target_ids, target_mask=batch.target_mask,
+            target_embeds=embeds.get("target", tgt_embeds),
+            source_ids=batch.source_ids, source_mask=batch.source_mask,
+            source_embeds=embeds.get("source", src_embeds), dropout_rng=dropout_rng,
+            capture=capture, patch=patch, positions=batch.step_positions - 1,
+            return_head=split)
+
+    all_embeds = ({"source": src_embeds, "target": tgt_embeds} if adapter.is_encoder_decoder
+                  else {"target": tgt_embeds})
+    return run, emb, all_embeds
+
+
+def _completeness_deltas(attr: dict, scores: jax.Array, base_scores: jax.Array,
+                         batch: ModelBatch) -> jax.Array:
+    """Completeness per (sequence, step), ``[B, T]``: Σ attributions − (s(x) − s(baseline)).
+
+    ``attr`` maps sides or sites to ``[T, B, ...]``; ``scores``, ``base_scores`` are ``[B, T]``."""
+    total = sum(a.reshape(a.shape[:2] + (-1,)).sum(-1) for a in attr.values())  # [T, B]
+    return (total.T - (scores - base_scores)) * batch.step_mask
 
 
 def _causal_chunk_grads(adapter, batch: ModelBatch, tbatch: TargetBatch, target_fn,

@@ -127,30 +127,31 @@ def causal_step_grads(spec: DecoderSpec, params: dict, embeds: jax.Array, mask: 
     scale = (jnp.asarray(spec.embed_scale, x.dtype)
              if spec.embed_scale != 1.0 and not spec.embed_scale_in_lookup else None)
 
-    def chain(top: int, ct_h):
-        """Backward of blocks ``0..top`` for a cotangent ``ct_h [B, edges[top+1], H]`` on
-        their outputs: ``[B, edges[top+1], H]`` cotangent of the embeddings."""
-        acc_k = jnp.zeros((spec.n_layers, b, edges[top + 1], kv, hd), x.dtype)
-        acc_v = jnp.zeros_like(acc_k)
-        pieces = []
-        for j in range(top, -1, -1):
-            s, e = edges[j], edges[j + 1]
-            ct_x, ct_pk, ct_pv = vjps[j]((ct_h[:, s:e], (acc_k[:, :, s:e], acc_v[:, :, s:e])))
-            acc_k = acc_k.at[:, :, :s].add(ct_pk)
-            acc_v = acc_v.at[:, :, :s].add(ct_pv)
-            pieces.append(ct_x)
-        out = jnp.concatenate(pieces[::-1], axis=1)
-        return out * scale if scale is not None else out
-
-    grads = []
+    # Block ``j`` is needed by the steps whose group reads past it: a suffix of the steps,
+    # since ``P`` does not decrease. Each block's VJP runs once, vmapped over that suffix.
+    tops = np.zeros(query.shape[1], dtype=int)
     for a, bnd, p in groups:
-        top = edges.index(p) - 1
-
-        def one(t, top=top, p=p):
-            rows = jax.nn.one_hot(q[:, t], p, dtype=g.dtype)           # [B, P]
-            ct = rows[:, :, None] * g[:, t, None, :]                  # [B, P, H]
-            gx = chain(top, ct)
-            return jnp.pad(gx, ((0, 0), (0, length - p), (0, 0)))
-
-        grads.append(jax.vmap(one)(jnp.arange(a, bnd)))
+        tops[a:bnd] = edges.index(p) - 1
+    n_steps = query.shape[1]
+    acc_k = jnp.zeros((n_steps, spec.n_layers, b, edges[-1], kv, hd), x.dtype)
+    acc_v = jnp.zeros_like(acc_k)
+    pieces = []
+    for j in range(len(edges) - 2, -1, -1):
+        s, e = edges[j], edges[j + 1]
+        first = int(np.searchsorted(tops, j))          # steps [first, T) read block j
+        if first == n_steps:
+            pieces.append(jnp.zeros((n_steps, b, e - s, x.shape[-1]), x.dtype))
+            continue
+        act = jnp.arange(first, n_steps)
+        rows = jax.nn.one_hot(q[:, act].T - s, e - s, dtype=g.dtype)    # [n, B, e - s]
+        ct_h = rows[..., None] * jnp.swapaxes(g[:, act], 0, 1)[:, :, None, :]
+        ct_x, ct_pk, ct_pv = jax.vmap(vjps[j])(
+            (ct_h, (acc_k[first:, :, :, s:e], acc_v[first:, :, :, s:e])))
+        acc_k = acc_k.at[first:, :, :, :s].add(ct_pk)
+        acc_v = acc_v.at[first:, :, :, :s].add(ct_pv)
+        pieces.append(jnp.pad(ct_x, ((first, 0), (0, 0), (0, 0), (0, 0))))
+    out = jnp.concatenate(pieces[::-1], axis=2)                     # [T, B, P_max, H]
+    if scale is not None:
+        out = out * scale
+    grads = [jnp.pad(out, ((0, 0), (0, 0), (0, length - edges[-1]), (0, 0)))]
     return scores, hidden, jnp.concatenate(grads, axis=0)
