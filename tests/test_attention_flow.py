@@ -67,8 +67,8 @@ def _causal_softmax(key, shape):
 
 def test_hand_computed_two_layers_three_tokens():
     # One head each and residual=0, so Â is the pattern itself (rows sum to 1):
-    a0 = np.array([[[1.0, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]]])
-    a1 = np.array([[[1.0, 0, 0], [0.6, 0.4, 0], [0.1, 0.1, 0.8]]])
+    a0 = np.array([[[1.0, 0, 0], [0.5, 0.5, 0], [0.2, 0.3, 0.5]]], np.float32)
+    a1 = np.array([[[1.0, 0, 0], [0.6, 0.4, 0], [0.1, 0.1, 0.8]]], np.float32)
     # Edges (0, j) -> (1, m) carry a0[m, j]; (1, m) -> (2, i) carry a1[i, m].
     # (0,0) -> (2,2): three edge-disjoint paths through (1,0), (1,1), (1,2):
     #   min(1, .1) + min(.5, .1) + min(.2, .8) = .1 + .1 + .2 = .4, and the cut
