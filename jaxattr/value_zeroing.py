@@ -177,7 +177,8 @@ def value_zeroing_scores(fns, *, target_ids: jax.Array, target_mask: jax.Array,
         ``decoder_zeroed_units_indices``): ``None`` (all), an int, a ``(start, end)`` span, a
         list, or a dict ``{layer: ...}`` (layers not named are not zeroed and score 0). Heads
         are those of the value projection (key-value heads under grouped-query attention,
-        as in Inseq's ``value_states``).
+        as in Inseq's ``value_states``). As a static argument of ``jax.jit`` pass the
+        hashable :func:`zeroed_units_key` of a list or dict.
 
     Returns:
       ``[B, L_token, L_position, layers]``: the distance between the clean and the corrupted

@@ -93,8 +93,10 @@ def test_zeroing_some_heads_equals_zeroing_their_value_columns_by_hand(arch):
     n_units = width // d_head
     assert n_units >= 2
     n_layers = sum(1 for s in model.adapter.sites() if s.endswith(".resid_post"))
-    spec = {1: (0, 1), n_layers - 1: [n_units - 1]}   # layer 0 not zeroed
-    heads_of = {1: [0], n_layers - 1: [n_units - 1]}   # a span excludes its end
+    # layer 0 not zeroed; layer 1: a span (its end excluded); a third layer: the last head
+    spec, heads_of = {1: (0, n_units - 1)}, {1: list(range(n_units - 1))}
+    if n_layers > 2:
+        spec[2], heads_of[2] = -1, [n_units - 1]
 
     def cols(layer):
         heads = heads_of.get(layer)
