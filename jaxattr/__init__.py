@@ -23,7 +23,7 @@ from .adapters import ModelAdapter, make_adapter
 from .encoding import InputError
 from .loading import UnsupportedModelError, supported_architectures
 from .methods import input_x_gradient, integrated_gradients, per_output_grads, saliency
-from .methods import attention_rollout, deeplift, discretized_integrated_gradients, lime, reagent
+from .methods import attention_flow, attention_rollout, deeplift, discretized_integrated_gradients, lime, reagent
 from .methods import (gradient_shap, occlusion, sequential_integrated_gradients, smoothgrad,
                       smoothgrad_sq, vargrad)
 from .catalog import list_methods, list_targets
@@ -49,7 +49,7 @@ __all__ = [
     # functional core
     "saliency", "input_x_gradient", "integrated_gradients", "per_output_grads",
     "gradient_shap", "sequential_integrated_gradients", "occlusion",
-    "smoothgrad", "smoothgrad_sq", "vargrad", "deeplift", "attention_rollout", "lime",
+    "smoothgrad", "smoothgrad_sq", "vargrad", "deeplift", "attention_rollout", "attention_flow", "lime",
     "discretized_integrated_gradients", "reagent",
     # models
     "load_model", "AttributionModel", "list_methods", "list_targets", "enable_compilation_cache", "set_compile_effort", "get_compile_effort", "ModelAdapter", "make_adapter", "supported_architectures",

@@ -378,7 +378,7 @@ def default_aggregator(info: dict) -> str:
     against the alternative) unless the method is the unsigned saliency; ``"vnorm"`` (L2, as
     in Inseq) otherwise."""
     method = info.get("method")
-    if method in ("attention", "attention_rollout", "value_zeroing", "alti"):
+    if method in ("attention", "attention_rollout", "attention_flow", "value_zeroing", "alti"):
         return "mean"
     if method in SIGNED_METHODS:
         return "sum"

@@ -13,15 +13,15 @@ LAYER_METHODS = {"layer_integrated_gradients": "integrated_gradients",
                  "layer_saliency": "saliency",
                  "layer_deeplift": "deeplift"}
 # Methods that need a model (not pure functions of a score function).
-MODEL_METHODS = tuple(sorted(LAYER_METHODS)) + ("attention", "attention_rollout", "value_zeroing",
-                                                 "alti")
+MODEL_METHODS = tuple(sorted(LAYER_METHODS)) + ("attention", "attention_rollout", "attention_flow",
+                                                "value_zeroing", "alti")
 
 
 def list_methods() -> list[str]:
     """Every method name ``model.attribute(method=...)`` accepts: the functional methods
     (``saliency`` …, and the noise tunnels ``smoothgrad`` / ``smoothgrad_sq`` / ``vargrad``
     around saliency), the layer methods, ``attention``, ``attention_rollout``,
-    ``value_zeroing`` and ``alti``; sorted."""
+    ``attention_flow``, ``value_zeroing`` and ``alti``; sorted."""
     return sorted(set(METHODS) | set(NOISE_TUNNEL_TYPES) | set(MODEL_METHODS))
 
 

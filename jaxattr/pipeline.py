@@ -21,6 +21,7 @@ from .baselines import BaselineSet
 from .compile_effort import EffortJit
 from .internals.sites import SiteError, is_raw_path, parse_site, resolve_sites
 from .methods._common import as_key, example_identity
+from .methods.attention_flow import flow_from_mixing, mixing_matrices
 from .methods.attention_rollout import attention_rollout, encoder_decoder_rollout
 from .methods.deeplift import RESCALE_NEEDS_NATIVE, deeplift
 from .methods.gradient import input_x_gradient, saliency
@@ -40,8 +41,15 @@ __all__ = ["ModelBatch", "attribute_batch", "compiled_attribute", "split_kwargs"
            "ATTENTION_METHODS"]
 
 # Methods read from forwards alone (no score function, no gradient): the attention patterns
-# of one forward, and value zeroing (one corrupted forward per token, vmapped).
-ATTENTION_METHODS = ("attention", "attention_rollout", "value_zeroing", "alti")
+# of one forward (attention flow: then max-flows on the host), value zeroing (one corrupted
+# forward per token, vmapped) and ALTI (one decomposing forward per token, vmapped).
+ATTENTION_METHODS = ("attention", "attention_rollout", "attention_flow", "value_zeroing",
+                     "alti")
+
+ATTENTION_FLOW_ENC_DEC_ERROR = (
+    "method='attention_flow' is for decoder-only models (one layered graph of self-attention); "
+    "for an encoder-decoder use method='attention_rollout' (source and target shares through "
+    "encoder, cross- and decoder attention).")
 
 
 @struct.dataclass
@@ -592,12 +600,14 @@ def _attention_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, targ
 
 def _value_zeroing_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, target_kwargs,
                         step_fns, attribute_source, attribute_target, contrast_forward=False,
-                        reduce_hidden=None):
+                        reduce_hidden=None, method_kwargs=()):
     """Value zeroing (:mod:`jaxattr.value_zeroing`) of the positions that predict each step:
     target rows ``[T, B, L, layers]``, each column normalised over the tokens the step sees
-    (Inseq's threshold 1e-5 and sum-to-1). Decoder-only."""
+    (Inseq's threshold 1e-5 and sum-to-1). Decoder-only. ``method_kwargs``: its options
+    (``similarity_metric``, ``zeroed_units_indices``; static)."""
     dist = value_zeroing_scores(adapter, target_ids=batch.target_ids,
-                                target_mask=batch.target_mask)        # [B, Ltok, Lpos, n]
+                                target_mask=batch.target_mask,
+                                **dict(method_kwargs))                # [B, Ltok, Lpos, n]
     q = batch.step_positions - 1
     cols = jnp.take_along_axis(dist, q[:, None, :, None], axis=2)    # [B, Ltok, T, n]
     tok = jnp.arange(dist.shape[1])
@@ -629,6 +639,40 @@ def _alti_impl(adapter: ModelAdapter, batch: ModelBatch, *, target_fn, target_kw
     step_scores = {name: fn(out["logits"], tb, **dict(kw)) * batch.step_mask
                    for name, fn, kw in step_fns}
     attr = {"target": jnp.transpose(rows, (1, 0, 2))[..., None]}     # [T, B, Ltok, 1]
+    return _assemble(attr, batch, step_scores, False, True, reduce_hidden)
+
+
+def _flow_mixing_impl(adapter: ModelAdapter, batch: ModelBatch, *, step_fns,
+                      contrast_forward=False):
+    """The device part of attention flow: one forward, every layer's ``Â`` ``[n, B, L, L]``
+    (:func:`jaxattr.methods.attention_flow.mixing_matrices`) and the step scores."""
+    out = adapter.forward(target_ids=batch.target_ids, target_mask=batch.target_mask,
+                          output_attentions=True, positions=batch.step_positions - 1)
+    tb = _target_batch(adapter, batch, contrast_forward)
+    step_scores = {name: fn(out["logits"], tb, **dict(kw)) * batch.step_mask
+                   for name, fn, kw in step_fns}
+    return mixing_matrices(out["attentions"]["attentions"]), step_scores
+
+
+def _attention_flow_run(adapter: ModelAdapter, batch: ModelBatch, *, jit, target_fn,
+                        target_kwargs, step_fns, attribute_source, attribute_target,
+                        contrast_forward=False, reduce_hidden=None):
+    """Attention flow (:mod:`jaxattr.methods.attention_flow`) of the positions that predict
+    each step: ``Â`` from the jitted forward, then on the host one max-flow per (step, input
+    token) with a path between them; target rows ``[T, B, L, 1]``. Decoder-only."""
+    if adapter.is_encoder_decoder:
+        raise ValueError(ATTENTION_FLOW_ENC_DEC_ERROR)
+    if isinstance(batch.target_ids, jax.core.Tracer):
+        raise ValueError("method='attention_flow' computes its max-flows on the host (SciPy), "
+                         "so it cannot run inside jax.jit / vmap: call attribute_batch outside "
+                         "a traced function, or use method='attention_rollout' (all on device).")
+    device = _flow_mixing_jits.pick(adapter.params) if jit else _flow_mixing_impl
+    mix, step_scores = device(adapter, batch, step_fns=step_fns,
+                              contrast_forward=contrast_forward)
+    q = np.where(np.asarray(batch.step_mask) > 0, np.asarray(batch.step_positions) - 1, -1)
+    flows = flow_from_mixing(np.moveaxis(np.asarray(mix), 0, 1), query_positions=q,
+                             key_mask=np.asarray(batch.target_mask) > 0)   # [B, T, L]
+    attr = {"target": jnp.asarray(np.transpose(flows, (1, 0, 2))[..., None], jnp.float32)}
     return _assemble(attr, batch, step_scores, False, True, reduce_hidden)
 
 
@@ -674,7 +718,9 @@ _attention_jits = EffortJit(_attention_impl, static_argnames=(
     "contrast_forward", "reduce_hidden", "rollout"))
 _value_zeroing_jits = EffortJit(_value_zeroing_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
-    "contrast_forward", "reduce_hidden"))
+    "contrast_forward", "reduce_hidden", "method_kwargs"))
+_flow_mixing_jits = EffortJit(_flow_mixing_impl, static_argnames=("step_fns",
+                                                                   "contrast_forward"))
 _alti_jits = EffortJit(_alti_impl, static_argnames=(
     "target_fn", "target_kwargs", "step_fns", "attribute_source", "attribute_target",
     "contrast_forward", "reduce_hidden"))
@@ -717,7 +763,8 @@ def attribute_batch(adapter: ModelAdapter, batch: ModelBatch, baseline: Any = No
         them all from one forward and one set of VJPs. ``method`` may also be the string
         ``"attention"`` (attention weights from the single forward) or
         ``"attention_rollout"`` (their rollout through all layers; encoder-decoder: source
-        and target shares by ALTI+'s recurrence).
+        and target shares by ALTI+'s recurrence) or ``"attention_flow"`` (decoder-only: the
+        jitted forward gives every layer's ``Â``, then the max-flows run on the host).
       split_head: when ``target_fn`` is step-separable (:func:`jaxattr.targets.separable`;
         all built-in targets) and no MC-dropout forwards are asked for, back-propagate
         through the language-model head once (:func:`jaxattr.methods.step_separable`)
@@ -802,9 +849,11 @@ def _groupable(adapter, batch, baseline, *, method, target_fn, step_fns, n_dropo
 
 def _call(adapter, batch, baseline, *, jit, method, n_dropout=0, dropout_seed=0, layer=None,
           method_kwargs=(), split_head=True, method_arrays=None, **common):
+    if method == "attention_flow":  # jitted forward, then max-flows on the host
+        return _attention_flow_run, (adapter, batch), dict(common, jit=jit)
     if method == "value_zeroing":
         return ((_value_zeroing_jits.pick(adapter.params) if jit else _value_zeroing_impl),
-                (adapter, batch), common)
+                (adapter, batch), dict(common, method_kwargs=method_kwargs))
     if method == "alti":
         return ((_alti_jits.pick(adapter.params) if jit else _alti_impl), (adapter, batch),
                 common)
@@ -825,8 +874,16 @@ def compiled_attribute(adapter: ModelAdapter, batch: ModelBatch, baseline: Any =
 
     The one-pass program: with prefix groups (``prefix_groups`` an int or ``"auto"``, ignored
     here) each group's program is smaller, so its memory is an upper bound of theirs. With
-    ``prefix_groups="exact"``, the program with exact causal truncation."""
+    ``prefix_groups="exact"``, the program with exact causal truncation. With
+    ``method="attention_flow"``, its device program (the forward and ``Â``); the max-flows
+    run on the host after it."""
     exact = kw.pop("prefix_groups", None) == "exact"
+    if kw.get("method") == "attention_flow":  # its max-flows run on the host afterwards
+        if adapter.is_encoder_decoder:
+            raise ValueError(ATTENTION_FLOW_ENC_DEC_ERROR)
+        return _flow_mixing_jits.full.lower(
+            adapter, batch, step_fns=kw.get("step_fns", ()),
+            contrast_forward=kw.get("contrast_forward", False)).compile()
     fn, args, kwargs = _call(adapter, batch, baseline, jit=True, **kw)
     if exact:
         _check_exact(adapter, batch, baseline, method=kw["method"], target_fn=kw["target_fn"],

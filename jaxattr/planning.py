@@ -24,9 +24,11 @@ from .methods import get_method
 from .methods._common import check_finite, count
 from .methods.needs import needs_of
 from .methods.quadrature import QUADRATURE_RULES
-from .pipeline import ATTENTION_METHODS, resolve_layer, split_kwargs
+from .pipeline import (ATTENTION_FLOW_ENC_DEC_ERROR, ATTENTION_METHODS, resolve_layer,
+                       split_kwargs)
+from .value_zeroing import (VALUE_ZEROING_ENC_DEC_ERROR, VALUE_ZEROING_OPTIONS,
+                            value_zeroing_options)
 from .alti import check_alti_model
-from .value_zeroing import VALUE_ZEROING_ENC_DEC_ERROR
 from .prefix_groups import check_prefix_groups
 from .spec import PreparedRun, RunSpec, fn_name, hashable
 from .targets import get_target, target_needs
@@ -60,6 +62,8 @@ def resolve_method(adapter, method, layer) -> tuple:
             raise ValueError(VALUE_ZEROING_ENC_DEC_ERROR)
         if method == "alti":
             check_alti_model(adapter)
+        if method == "attention_flow" and adapter.is_encoder_decoder:
+            raise ValueError(ATTENTION_FLOW_ENC_DEC_ERROR)
         return method, None
     if isinstance(method, str) and method not in list_methods():
         raise ValueError(
@@ -103,6 +107,8 @@ def _route(kwargs: dict, method_fn, target_fn, step_targets) -> dict:
     owners = {"attributed_fn": target_fn}
     if method_fn not in ATTENTION_METHODS:
         owners["method"] = needs_of(method_fn).options
+    elif method_fn == "value_zeroing":
+        owners["method"] = VALUE_ZEROING_OPTIONS
     owners.update({f"step:{name}": fn for name, fn in step_targets})
     try:
         return split_kwargs(kwargs, owners)
@@ -249,6 +255,8 @@ def _spec(model, a: dict, kwargs: dict) -> tuple:
     target_fn = get_target(a["attributed_fn"])
     step_targets = [(fn_name(s), get_target(s)) for s in a["step_scores"]]
     routed = _route(kwargs, method_fn, target_fn, step_targets)
+    if method_fn == "value_zeroing":
+        routed["method"] = value_zeroing_options(routed["method"])
     if (method_fn not in ATTENTION_METHODS and "special_ids" in needs_of(method_fn).options
             and "special_ids" not in routed.get("method", {})):
         routed.setdefault("method", {})["special_ids"] = tuple(

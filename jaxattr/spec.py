@@ -45,7 +45,8 @@ class RunSpec:
     """The static description of an attribution run (frozen and hashable).
 
     Attributes:
-      method: the method function, or ``"attention"`` / ``"attention_rollout"``.
+      method: the method function, or an attention method's name
+        (``"attention"``, ``"attention_rollout"``, ``"attention_flow"``, ``"value_zeroing"``).
       method_kwargs, target_kwargs: ``((key, value), ...)`` options, sorted.
       target_fn: the attributed function ``(logits[B,T,V], TargetBatch, **kw) -> [B, T]``.
       step_fns: ``((name, fn, kwargs_tuple), ...)`` step scores from the same forward.

@@ -24,6 +24,7 @@ COVERED = {
     "gradient_shap": "test_model_methods.py::test_batch_invariance_and_jit",
     "sequential_integrated_gradients": "test_model_methods.py::test_batch_invariance_and_jit",
     "attention_rollout": "test_attention_rollout.py::test_batch_invariance",
+    "attention_flow": "test_attention_flow.py::test_batch_invariance",
     "deeplift": "test_deeplift.py::test_batch_invariance",
     "lime": "test_lime.py::test_pipeline_batch_invariance",
     "smoothgrad": "test_noise_invariance.py::test_noise_differs_between_examples_and_keys",

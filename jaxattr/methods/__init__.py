@@ -3,6 +3,7 @@
 Nothing here imports transformers or flax: every method works on any JAX function.
 """
 from ._vjp import per_output_grads
+from .attention_flow import attention_flow
 from .attention_rollout import attention_rollout, encoder_decoder_rollout
 from . import deeplift_rules
 from .deeplift import DEEPLIFT_MODES, DEEPLIFT_RULES, deeplift
@@ -24,7 +25,7 @@ __all__ = ["per_output_grads", "step_separable", "separable", "is_separable", "s
            "gradient_shap", "sequential_integrated_gradients", "occlusion",
            "smoothgrad", "smoothgrad_sq", "vargrad", "noise_tunnel", "NOISE_TUNNEL_TYPES",
            "quadrature", "QUADRATURE_RULES", "METHODS", "get_method", "attention_rollout",
-           "encoder_decoder_rollout",
+           "encoder_decoder_rollout", "attention_flow",
            "deeplift", "DEEPLIFT_MODES", "DEEPLIFT_RULES", "deeplift_rules", "lime",
            "MethodNeeds", "declare", "needs_of", "discretized_integrated_gradients",
            "dig_paths", "reagent"]
@@ -57,5 +58,6 @@ def get_method(method):
         raise ValueError(
             f"Unknown attribution method {method!r}. Available: {sorted(METHODS)}; with a "
             "model also layer_integrated_gradients, layer_gradient_x_activation, "
-            "layer_saliency, attention and attention_rollout (jaxattr.list_methods()); or pass a function "
+            "layer_saliency, attention, attention_rollout, attention_flow and value_zeroing "
+            "(jaxattr.list_methods()); or pass a function "
             "`method(score_fn, x, *, has_aux, ...)`.") from None
