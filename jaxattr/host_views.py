@@ -4,6 +4,7 @@ values, integrated-gradients convergence).
 from __future__ import annotations
 
 import warnings
+from typing import Optional
 
 import numpy as np
 
@@ -55,10 +56,12 @@ def completeness(view) -> tuple:
     return delta, total - delta
 
 
-def warn_if_not_finite(views) -> None:
+def warn_if_not_finite(views, info: Optional[dict] = None) -> None:
     """Warn when a result holds NaN or inf where a number belongs (target rows not generated
     yet are NaN by design and not counted): the model overflowed (float16?), the attributed
-    function is infinite (a log of 0 probability) or an input is not finite."""
+    function is infinite (a log of 0 probability) or an input is not finite. ReAGent's NaN
+    attributions (``info["method"] == "reagent"``: no probe stopped for that step, as in
+    Inseq) get their own message naming ``max_probe_steps``."""
     bad = []
     for i, view in enumerate(views):
         parts = {"step_scores." + k: np.asarray(v) for k, v in view.step_scores.items()}
@@ -69,9 +72,17 @@ def warn_if_not_finite(views) -> None:
             valid = (np.arange(a.shape[0])[:, None]
                      < np.arange(view.attr_pos_start, view.attr_pos_end)[None])
             parts["target_attributions"] = a[valid]
-        bad += [(i, name) for name, a in parts.items() if not np.isfinite(a).all()]
+        bad += [(i, name, bool(np.isinf(a).any())) for name, a in parts.items()
+                if not np.isfinite(a).all()]
+    if bad and info and info.get("method") == "reagent" and all(
+            name.endswith("_attributions") and not inf for _, name, inf in bad):
+        warnings.warn(
+            f"ReAGent left {len(bad)} result(s) with NaN attributions: for those steps none "
+            "of the probes stopped within max_probe_steps (Inseq does the same). Raise "
+            "max_probe_steps (or num_probes).", RuntimeWarning, stacklevel=3)
+        return
     if bad:
-        i, name = bad[0]
+        i, name, _ = bad[0]
         warnings.warn(
             f"{len(bad)} result(s) hold NaN or inf (first: sequence {i}, {name}). Check the "
             "inputs and baseline for non-finite values, the attributed function for log(0) "

@@ -161,7 +161,7 @@ class AttributionModel(ModelBase):
             options["step_scores"] = tuple(s for s in step_scores if s not in lens_names)
         prep = self.prepare(input_texts, generated_texts, **options, **kwargs)
         out = self.run(prep, show_progress=show_progress, jit=jit)
-        warn_if_not_finite(out.sequence_attributions)
+        warn_if_not_finite(out.sequence_attributions, prep.info)
         if prep.info["granular"] or prep.info["aggregator"] == "sum":
             warn_if_not_converged(out.sequence_attributions, prep.info)
         if lens_names:

@@ -52,7 +52,9 @@ def stack_features(features, layer_names: Optional[Sequence[str]] = None):
                  else [str(n) for n in layer_names])
         if len(names) != x.shape[0]:
             raise InputError(f"layer_names has {len(names)} names for {x.shape[0]} layers.")
-    bad = ~np.isfinite(x).all(axis=(1, 2))
+    # a float64 sum of float32 values is finite exactly when every value is (no overflow is
+    # possible), and it reads the features once without a boolean copy of them
+    bad = ~np.isfinite(x.sum(axis=(1, 2), dtype=np.float64))
     if bad.any():
         which = [names[i] for i in np.flatnonzero(bad)]
         rows = int((~np.isfinite(x[bad])).any(-1).any(0).sum())
