@@ -13,30 +13,19 @@ from . import data, scores
 from .result import ProbeResult
 from .spec import TrainSpec
 from .train import PROBES, run_probes
-from ..xla_safety import safe_jit
 
 __all__ = ["fit"]
 
 
-@safe_jit
-def _take_rows(x_ngh: jax.Array, order: jax.Array) -> jax.Array:
-    return jnp.take(x_ngh, order, axis=0).transpose(1, 0, 2)
-
-
-@safe_jit
-def _take_columns(x_gnh: jax.Array, order: jax.Array) -> jax.Array:
-    return jnp.take(x_gnh, order, axis=1)
-
-
-def _ordered_on_device(x: np.ndarray, order: np.ndarray) -> jax.Array:
-    """``x[:, order]`` for ``x [G, N, H]``, reordered by XLA after one copy to the device
-    (NumPy's fancy indexing of the strided view that :func:`data.stack_features` returns for
-    ``[N, G, H]`` input took ~1 s for 381 MiB; the rows of the contiguous ``[N, G, H]`` array
-    are gathered in a fraction of that)."""
+def _device_features(x: np.ndarray, order: np.ndarray) -> tuple:
+    """``(features, order)`` for :func:`run_probes`: the ``[N, G, H]`` array the caller gave
+    (``x [G, N, H]`` is a view of it) with the split order, reordered inside the program
+    (NumPy's fancy indexing of the strided view took ~1 s for 381 MiB); or, for a mapping
+    input (already ``[G, N, H]`` and contiguous), the reordered array and ``None``."""
     rows_first = x.transpose(1, 0, 2)
     if rows_first.flags["C_CONTIGUOUS"]:
-        return _take_rows(jnp.asarray(rows_first), jnp.asarray(order))
-    return _take_columns(jnp.asarray(x), jnp.asarray(order))
+        return jax.device_put(rows_first), jnp.asarray(order)
+    return jax.device_put(x[:, order]), None
 
 
 def fit(features, labels, *, probe: str = "linear", control: Optional[str] = None,
@@ -105,10 +94,11 @@ def fit(features, labels, *, probe: str = "linear", control: Optional[str] = Non
     root = jax.random.PRNGKey(spec.split_seed)
     keys = jnp.stack([jax.random.fold_in(root, s) for _, s, _ in jobs])
     n_out = len(classes) if kind == "classification" else 1
+    feats, in_program_order = _device_features(x, order)
     pred, logp, steps = run_probes(
-        _ordered_on_device(x, order), jnp.asarray(ys), jnp.asarray([t for t, _, _ in jobs]),
+        feats, jnp.asarray(ys), jnp.asarray([t for t, _, _ in jobs]),
         jnp.asarray([p for _, _, p in jobs]), keys, n_train=n_train, n_val=n_val,
-        spec=spec, probe=probe, kind=kind, n_out=n_out)
+        spec=spec, probe=probe, kind=kind, n_out=n_out, order=in_program_order)
     pred, logp, steps = (np.asarray(a) for a in (pred, logp, steps))
     n_pre = len(prefixes)
     shape = (len(names), len(label_sets), seeds, n_pre)

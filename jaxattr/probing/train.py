@@ -115,7 +115,7 @@ def objective(params: list, x: jax.Array, y: jax.Array, w: jax.Array, kind: str,
 
 
 #: Training rows used to estimate the L-BFGS preconditioner (:func:`preconditioner`).
-PRECONDITION_ROWS = 2048
+PRECONDITION_ROWS = 4096
 
 
 def preconditioner(x_train: jax.Array, *, rows: int = PRECONDITION_ROWS,
@@ -362,7 +362,7 @@ def predict(params: list, x: jax.Array, y: jax.Array, kind: str):
                                              "n_out"))
 def run_probes(features: jax.Array, labels: jax.Array, task: jax.Array, n_rows: jax.Array,
                keys: jax.Array, *, n_train: int, n_val: int, spec: TrainSpec, probe: str,
-               kind: str, n_out: int):
+               kind: str, n_out: int, order: Optional[jax.Array] = None):
     """Every probe of a run in one program.
 
     Args:
@@ -373,6 +373,9 @@ def run_probes(features: jax.Array, labels: jax.Array, task: jax.Array, n_rows: 
         ``task [J]``, the training prefix ``n_rows [J]`` (``n_train``, or an MDL block) and the
         initialisation key ``keys [J, 2]`` (the seed).
       n_train, n_val: sizes of the training and validation splits.
+      order: ``[N]`` or ``None``. When given, ``features`` is ``[N, G, H]`` in the caller's row
+        order and row ``order[i]`` becomes row ``i`` (the split order) inside the program, so
+        the reordering, the transposition and the standardisation are one pass over memory.
 
     Returns:
       ``(prediction [G, J, N], log-probability of the label [G, J, N], steps [G, J])`` over
@@ -392,6 +395,8 @@ def run_probes(features: jax.Array, labels: jax.Array, task: jax.Array, n_rows: 
             return pred, logp, steps
         return jax.vmap(job)(task, n_rows, keys)
 
+    if order is not None:
+        features = jnp.take(features, order, axis=0).transpose(1, 0, 2)
     if spec.layer_batch is None:
         return jax.vmap(layer)(features)
     return jax.lax.map(layer, features, batch_size=spec.layer_batch)
