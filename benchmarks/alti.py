@@ -13,45 +13,25 @@ give the same numbers. No PyTorch tool is timed: Inseq 0.7.1 has no ALTI.
 """
 from __future__ import annotations
 
-import argparse
 import os
-import time
+import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxattr
 from jaxattr.alti import alti_scores
-from jaxattr.testing import make_model
 from jaxattr.value_zeroing import value_zeroing_scores
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-WORDS = ("the cat sat on the mat and the dog slept near the door while a bird sang in the "
-         "tree by the old house on the hill").split()
-
-
-def _time(fn, repeats):
-    jax.block_until_ready(fn())
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - t)
-    return best
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from value_zeroing import WORDS, _time, arguments, tiny_models  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--tokens", type=int, default=32)
-    ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    args = arguments()
     alti = jax.jit(alti_scores, static_argnames=("token_batch_size",))
     vz = jax.jit(value_zeroing_scores, static_argnames=("token_batch_size",))
-    gpt2, tok = make_model("gpt2", layers=4)
-    models = {"native llama (tiny, 3 layers)": jaxattr.load_model(
-                  os.path.join(HERE, "native_side", "ckpt", "llama")),
-              "gpt2 Flax (tiny, 4 layers)": jaxattr.load_model(gpt2, tokenizer=tok)}
+    models = tiny_models()
     print(f"load: {os.getloadavg()}  devices: {jax.devices()}")
     print(f"{'model':32s} {'tokens':>6s} {'alti s':>9s} {'alti 1-by-1 s':>13s} "
           f"{'value zeroing s':>15s} {'alti/vz':>7s} {'max |diff|':>10s}")

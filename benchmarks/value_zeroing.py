@@ -41,16 +41,25 @@ def _time(fn, repeats):
     return best
 
 
-def main():
+def tiny_models() -> dict:
+    """The two models of this benchmark (and of ``alti.py``), by display name."""
+    gpt2, tok = make_model("gpt2", layers=4)
+    return {"native llama (tiny, 3 layers)": jaxattr.load_model(
+                os.path.join(HERE, "native_side", "ckpt", "llama")),
+            "gpt2 Flax (tiny, 4 layers)": jaxattr.load_model(gpt2, tokenizer=tok)}
+
+
+def arguments():
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=3)
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def main():
+    args = arguments()
     run = jax.jit(value_zeroing_scores, static_argnames=("token_batch_size",))
-    gpt2, tok = make_model("gpt2", layers=4)
-    models = {"native llama (tiny, 3 layers)": jaxattr.load_model(
-                  os.path.join(HERE, "native_side", "ckpt", "llama")),
-              "gpt2 Flax (tiny, 4 layers)": jaxattr.load_model(gpt2, tokenizer=tok)}
+    models = tiny_models()
     print(f"load: {os.getloadavg()}  devices: {jax.devices()}")
     print(f"{'model':32s} {'tokens':>6s} {'vmapped s':>10s} {'one by one s':>13s} {'ratio':>6s}"
           f" {'max |diff|':>10s}")

@@ -38,6 +38,8 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from .value_zeroing import value_site_layers
+
 __all__ = ["alti_contributions", "alti_rollout", "alti_scores", "ALTI_ENC_DEC_ERROR",
            "check_alti_model"]
 
@@ -59,12 +61,7 @@ def check_alti_model(fns) -> int:
     """
     if fns.is_encoder_decoder:
         raise ValueError(ALTI_ENC_DEC_ERROR)
-    sites = fns.sites()
-    n_layers = sum(1 for s in sites if s.endswith(".resid_post"))
-    if f"blocks.{n_layers - 1}.value" not in sites:
-        raise ValueError("method='alti' needs the 'blocks.{l}.value' site, which this model "
-                         "does not offer (its class is not in jaxattr's site table); use "
-                         "method='attention_rollout' instead.")
+    n_layers = value_site_layers(fns, method="alti", alternative="attention_rollout")
     spec = getattr(fns, "spec", None)
     config = getattr(getattr(fns, "hf_model", None), "config", None)
     if "attn_out" in tuple(getattr(spec, "norms", ())) or (

@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["value_zeroing_scores", "normalize_scores", "zeroed_units_key", "resolve_units",
-           "value_zeroing_options", "SIMILARITY_METRICS", "VALUE_ZEROING_OPTIONS",
+__all__ = ["value_zeroing_scores", "value_site_layers", "normalize_scores", "zeroed_units_key",
+           "resolve_units", "value_zeroing_options", "SIMILARITY_METRICS", "VALUE_ZEROING_OPTIONS",
            "VALUE_ZEROING_ENC_DEC_ERROR"]
 
 SIMILARITY_METRICS = ("cosine", "euclidean")
@@ -39,6 +39,18 @@ VALUE_ZEROING_ENC_DEC_ERROR = (
     "method='value_zeroing' supports decoder-only models for now: on an encoder-decoder the "
     "encoder self-attention, decoder self-attention and cross-attention values are three "
     "separate zeroings. Use a decoder-only model, or method='attention' on this one.")
+
+
+def value_site_layers(fns, *, method: str, alternative: str) -> int:
+    """The number of blocks of a model that offers the ``blocks.{l}.value`` site (what value
+    zeroing and ALTI patch); a ``ValueError`` naming ``method`` and ``alternative`` otherwise."""
+    sites = fns.sites()
+    n_layers = sum(1 for s in sites if s.endswith(".resid_post"))
+    if f"blocks.{n_layers - 1}.value" not in sites:
+        raise ValueError(f"method={method!r} needs the 'blocks.{{l}}.value' site, which this "
+                         "model does not offer (its class is not in jaxattr's site table); "
+                         f"use method={alternative!r} instead.")
+    return n_layers
 
 
 def _states(out: dict, n_layers: int) -> jax.Array:
@@ -191,11 +203,7 @@ def value_zeroing_scores(fns, *, target_ids: jax.Array, target_mask: jax.Array,
     distance = _cosine_distance if similarity_metric == "cosine" else _euclidean_distance
     if fns.is_encoder_decoder:
         raise ValueError(VALUE_ZEROING_ENC_DEC_ERROR)
-    sites = fns.sites()
-    n_layers = sum(1 for s in sites if s.endswith(".resid_post"))
-    if f"blocks.{n_layers - 1}.value" not in sites:
-        raise ValueError("this model offers no 'blocks.{l}.value' site (its class is not in "
-                         "jaxattr's site table), which value zeroing needs.")
+    n_layers = value_site_layers(fns, method="value_zeroing", alternative="attention")
     capture = tuple(f"blocks.{l}.resid_post" for l in range(n_layers - 1)) + ("final_norm",)
     clean_out = fns.forward(target_ids=target_ids, target_mask=target_mask, capture=capture)
     clean = _states(clean_out, n_layers)

@@ -9,7 +9,6 @@ program equals a loop of one forward per token; padding and batching change noth
 errors where ALTI does not apply.
 """
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -20,14 +19,15 @@ import jaxattr
 from jaxattr.alti import alti_contributions, alti_scores
 from jaxattr.testing import make_model
 
-CKPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "native_side", "ckpt")
+from _tiny_models import tiny_model
+
 TEXT = "The cat sat on the mat"
 
 
 @functools.lru_cache(maxsize=None)
 def _model(arch):
-    if arch.startswith("native:"):
-        return jaxattr.load_model(os.path.join(CKPT, arch.split(":")[1]))
+    if arch != "gpt2":
+        return tiny_model(arch)
     model, tok = make_model(arch)
     if arch == "gpt2":  # a stronger attention output (tokens really mix) and nonzero biases
         params = jax.tree_util.tree_map(np.asarray, model.params)

@@ -6,7 +6,6 @@ never changes earlier positions; the vmapped program equals a loop that corrupts
 a time (no input restoration needed there); padding and batching change nothing.
 """
 import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -14,19 +13,13 @@ import numpy as np
 import pytest
 
 import jaxattr
-from jaxattr.testing import make_model
+from _tiny_models import tiny_model
 from jaxattr.value_zeroing import value_zeroing_scores
 
-CKPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "native_side", "ckpt")
 TEXT = "The cat sat on the mat"
 
 
-@functools.lru_cache(maxsize=None)
-def _model(arch):
-    if arch.startswith("native:"):
-        return jaxattr.load_model(os.path.join(CKPT, arch.split(":")[1]))
-    model, tok = make_model(arch)
-    return jaxattr.load_model(model, tokenizer=tok)
+_model = tiny_model
 
 
 def _ids(model, text=TEXT):

@@ -2,8 +2,6 @@
 ``decoder_zeroed_units_indices``), each against a hand computation: states captured with the
 corruption patched in by hand (one layer at a time, so no restoration is needed), distances in
 NumPy."""
-import functools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -11,20 +9,14 @@ import numpy as np
 import pytest
 
 import jaxattr
-from jaxattr.testing import make_model
+from _tiny_models import tiny_model
 from jaxattr.value_zeroing import (normalize_scores, resolve_units, value_zeroing_scores,
                                    zeroed_units_key)
 
-CKPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "native_side", "ckpt")
 TEXT = "The cat sat on the mat"
 
 
-@functools.lru_cache(maxsize=None)
-def _model(arch):
-    if arch.startswith("native:"):
-        return jaxattr.load_model(os.path.join(CKPT, arch.split(":")[1]))
-    model, tok = make_model(arch)
-    return jaxattr.load_model(model, tokenizer=tok)
+_model = tiny_model
 
 
 _scores = jax.jit(value_zeroing_scores, static_argnames=(

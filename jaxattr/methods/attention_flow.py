@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .attention_rollout import _mixing
+from .attention_rollout import _mixing, checked_patterns
 
 __all__ = ["attention_flow", "flow_from_mixing", "mixing_matrices", "default_scale"]
 
@@ -54,16 +54,7 @@ def mixing_matrices(patterns: Sequence[jax.Array] | jax.Array, *,
                     residual: float = 0.5) -> jax.Array:
     """``Â`` of every layer: ``[n, ..., L, L]`` from ``n`` patterns ``[..., heads, L, L]`` (head
     mean, plus ``residual·I``, rows renormalised; an all-zero row stays zero)."""
-    if not 0.0 <= float(residual) <= 1.0:
-        raise ValueError(f"residual must be in [0, 1] (the identity's weight; Abnar & Zuidema "
-                         f"use 0.5), got {residual!r}.")
-    layers = list(patterns)
-    if not layers:
-        raise ValueError("attention_flow needs at least one layer's attention pattern.")
-    shape = jnp.shape(layers[0])
-    if len(shape) < 3 or shape[-1] != shape[-2]:
-        raise ValueError(f"each attention pattern must be [..., heads, L, L] (square over "
-                         f"query and key positions); got shape {shape}.")
+    layers = checked_patterns(patterns, residual=residual, method="attention_flow")
     dtype = jnp.promote_types(jnp.asarray(layers[0]).dtype, jnp.float32)
     return jnp.stack([_mixing(a, residual, dtype) for a in layers])
 

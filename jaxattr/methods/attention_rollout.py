@@ -35,16 +35,8 @@ def attention_rollout(patterns: Sequence[jax.Array] | jax.Array, *,
     Returns:
       ``[..., L, L]``: row = query position after the last layer, column = input position.
     """
-    if not 0.0 <= float(residual) <= 1.0:
-        raise ValueError(f"residual must be in [0, 1] (the identity's weight; Abnar & Zuidema "
-                         f"use 0.5), got {residual!r}.")
-    layers = list(patterns)  # an array [n, ...] iterates over its layers
-    if not layers:
-        raise ValueError("attention_rollout needs at least one layer's attention pattern.")
+    layers = checked_patterns(patterns, residual=residual, method="attention_rollout")
     shape = jnp.shape(layers[0])
-    if len(shape) < 3 or shape[-1] != shape[-2]:
-        raise ValueError(f"each attention pattern must be [..., heads, L, L] (square over "
-                         f"query and key positions); got shape {shape}.")
     eye = jnp.eye(shape[-1], dtype=jnp.promote_types(layers[0].dtype, jnp.float32))
     rollout = None
     for a in layers:
@@ -53,6 +45,23 @@ def attention_rollout(patterns: Sequence[jax.Array] | jax.Array, *,
         a = a / a.sum(-1, keepdims=True)
         rollout = a if rollout is None else a @ rollout
     return rollout
+
+
+def checked_patterns(patterns, *, residual: float, method: str) -> list:
+    """The per-layer patterns of ``patterns`` (a sequence, or an array ``[n, ...]`` iterated
+    over its layers), each ``[..., heads, L, L]``; ``ValueError`` naming ``method`` for a
+    ``residual`` outside ``[0, 1]``, no layer, or non-square patterns."""
+    if not 0.0 <= float(residual) <= 1.0:
+        raise ValueError(f"residual must be in [0, 1] (the identity's weight; Abnar & Zuidema "
+                         f"use 0.5), got {residual!r}.")
+    layers = list(patterns)
+    if not layers:
+        raise ValueError(f"{method} needs at least one layer's attention pattern.")
+    shape = jnp.shape(layers[0])
+    if len(shape) < 3 or shape[-1] != shape[-2]:
+        raise ValueError(f"each attention pattern must be [..., heads, L, L] (square over "
+                         f"query and key positions); got shape {shape}.")
+    return layers
 
 
 def _mixing(a: jax.Array, residual: float, dtype) -> jax.Array:
