@@ -34,11 +34,16 @@ from jaxattr.zoo import tasks
 
 ap = argparse.ArgumentParser()
 ap.add_argument("--out", default=None, help="directory for the figures and results")
+ap.add_argument("--adjectives", type=int, default=len(tasks.ADJECTIVES),
+                help="adjectives per occupation (attribution: the first N; mediation: the "
+                     "first min(N, 2)); default all")
 args = ap.parse_args()
+if args.adjectives < 1:
+    ap.error(f"--adjectives must be at least 1 (got {args.adjectives})")
 
 model = jaxattr.load_model("toy-mt")
 occs = list(tasks.OCCUPATIONS)
-adjs = list(tasks.ADJECTIVES)
+adjs = list(tasks.ADJECTIVES)[:args.adjectives]
 ART = {"m": "lo", "f": "la"}
 PRON = {"m": "he", "f": "she"}
 SUFFIX = {"m": "o", "f": "a"}
