@@ -93,7 +93,7 @@ def test_dataset_resumes_after_interruption(model_dir, tmp_path, capsys):
 @pytest.mark.slow
 def test_dataset_survives_a_real_kill(model_dir, tmp_path):
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    lines = [{"p": f"The cat {i}", "g": f"The cat {i} sat on the mat"} for i in range(48)]
+    lines = [{"p": f"The cat {i}", "g": f"The cat {i} sat on the mat"} for i in range(24)]
     src.write_text("".join(json.dumps(r) + "\n" for r in lines))
     cmd = [sys.executable, "-m", "jaxattr.cli", "attribute-dataset", "--model", model_dir,
            "--input-file", str(src), "--input-field", "p", "--generated-field", "g",
