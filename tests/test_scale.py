@@ -89,6 +89,9 @@ def test_persistent_compilation_cache_is_explicit_in_python_and_on_in_the_cli(tm
         from jaxattr import cli
         from jaxattr.testing import make_model
         d = os.environ["JAXATTR_CACHE_DIR"]
+        # store every compiled program, however fast this machine compiles it (the checks are
+        # on who turns the cache on and where it goes, not on JAX's 0.5 s threshold)
+        jaxattr.enable_compilation_cache.__kwdefaults__['min_compile_time_secs'] = 0.0
         m, t = make_model('gpt2')
         model = jaxattr.load_model(m, tokenizer=t)
         model.attribute('The cat', 'The cat sat')
