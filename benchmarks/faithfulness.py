@@ -7,7 +7,7 @@ GPT-2-124M-sized random checkpoint (``benchmarks/_workload.py``), ``--n`` sequen
 steps each. The evaluation is :func:`jaxattr.evaluate.faithfulness` with its defaults:
 comprehensiveness and sufficiency over the 5 bins (0.01, 0.05, 0.1, 0.2, 0.5), ``mask``
 erasure. Both are timed twice in one process: cold (compilation included) and warm (the same
-call again). Also printed: the perturbed inputs, the forwards that answered them (shared by
+call again), in wall-clock and in process CPU seconds. Also printed: the perturbed inputs, the forwards that answered them (shared by
 causality, :func:`jaxattr.evaluate.perturb.plan_forwards`), their tokens before and after
 padding and the number of compiled chunk shapes, against the attribution's forward and its
 per-step backward passes. ``--length-step`` sets the padding granularity of the chunks
@@ -32,10 +32,12 @@ from _workload import ensure_checkpoint, make_prompts  # noqa: E402
 
 
 def _timed(fn):
-    t = time.perf_counter()
+    """``(result, (wall seconds, process CPU seconds))``: the CPU time is the steadier number
+    on a machine shared with other jobs."""
+    t, c = time.perf_counter(), time.process_time()
     res = fn()
     jax.block_until_ready(jax.tree_util.tree_leaves(getattr(res, "batches", res)))
-    return res, time.perf_counter() - t
+    return res, (time.perf_counter() - t, time.process_time() - c)
 
 
 def main(argv=None):
@@ -59,15 +61,15 @@ def main(argv=None):
                                show_progress=False)
 
     out, attr_cold = _timed(attribute)
-    print(f"saliency cold {attr_cold:.2f} s", flush=True)
+    print(f"saliency cold {attr_cold[0]:.2f} s", flush=True)
     _, attr_warm = _timed(attribute)
-    print(f"saliency warm {attr_warm:.2f} s", flush=True)
+    print(f"saliency warm {attr_warm[0]:.2f} s", flush=True)
     def evaluate():
         return faithfulness(model, out, max_tokens=args.max_tokens,
                             share_forwards=not args.no_share)
 
     res, eval_cold = _timed(evaluate)
-    print(f"faithfulness cold {eval_cold:.2f} s", flush=True)
+    print(f"faithfulness cold {eval_cold[0]:.2f} s", flush=True)
     _, eval_warm = _timed(evaluate)
     info = res.info
     n_rows, n_fwd, tokens = info["n_rows"], info["n_forwards"], info["forward_tokens"]
@@ -76,10 +78,13 @@ def main(argv=None):
     print(f"devices: {jax.devices()}")
     print(f"{args.n} sequences x {T} steps, bins {info['bins']}, erase {info['erase']}, "
           f"length step {perturb.LENGTH_STEP}, shared forwards {not args.no_share}")
-    print(f"saliency attribution : cold {attr_cold:8.2f} s   warm {attr_warm:8.2f} s")
-    print(f"faithfulness         : cold {eval_cold:8.2f} s   warm {eval_warm:8.2f} s")
-    print(f"ratio faithfulness / saliency: cold {eval_cold / attr_cold:.2f}x   "
-          f"warm {eval_warm / attr_warm:.2f}x")
+    for i, kind in enumerate(("wall", "CPU")):
+        print(f"{kind:4s} saliency attribution : cold {attr_cold[i]:8.2f} s   "
+              f"warm {attr_warm[i]:8.2f} s")
+        print(f"{kind:4s} faithfulness         : cold {eval_cold[i]:8.2f} s   "
+              f"warm {eval_warm[i]:8.2f} s")
+        print(f"{kind:4s} ratio faithfulness / saliency: cold {eval_cold[i] / attr_cold[i]:.2f}x"
+              f"   warm {eval_warm[i] / attr_warm[i]:.2f}x")
     print(f"perturbed inputs: {n_rows} ({n_rows / args.n / T:.1f} per step), answered by "
           f"{n_fwd} forwards ({n_fwd / args.n / T:.2f} per step) over {tokens} tokens = the "
           f"tokens of {tokens / (args.n * L):.1f} full-sequence forwards per sequence "
