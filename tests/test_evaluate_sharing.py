@@ -154,11 +154,12 @@ def test_decoder_only_shared_equals_unshared(gpt2, erase):
 
 @pytest.mark.parametrize("erase", ["mask", "delete"])
 def test_encoder_decoder_shared_equals_unshared(marian, erase):
-    out = marian.attribute(SOURCES[:2], TARGETS[:2], show_progress=False,
+    # source and target prefix candidates: target rows share only under an equal source
+    out = marian.attribute(SOURCES[:1], TARGETS[:1], show_progress=False,
                            attribute_target=True)
     kw = dict(metrics=SOME, bins=(0.5,), erase=erase)
     shared = faithfulness(marian, out, **kw)
     unshared = faithfulness(marian, out, share_forwards=False, **kw)
     _assert_same(shared, unshared)
     n_steps = sum(s.attr_pos_end - s.attr_pos_start for s in out.sequence_attributions)
-    assert shared.info["n_forwards"] <= unshared.info["n_forwards"] - n_steps + 2
+    assert shared.info["n_forwards"] <= unshared.info["n_forwards"] - n_steps + 1

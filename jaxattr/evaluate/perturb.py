@@ -160,8 +160,8 @@ def _compact(ids, keep, fill_id):
 #: Padded lengths are multiples of this up to 64 tokens, then powers of two. 4 rather than 8:
 #: on ``benchmarks/faithfulness.py`` (16 + 16 tokens, 8 sequences) the padded tokens are those
 #: of 97.0 full-sequence forwards per sequence instead of 104.2 (90.4 unpadded), for 9
-#: compiled chunk shapes instead of 5 (the few extra compilations pay off from a few dozen
-#: sequences on; the README's cost paragraph has the timings).
+#: compiled chunk shapes instead of 5: a fixed compile cost against a saving that grows with
+#: the number of sequences (the README's cost paragraph has the timings).
 LENGTH_STEP = 4
 
 
