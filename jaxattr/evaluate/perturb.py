@@ -12,8 +12,9 @@ of an encoder-decoder) the logits at position ``p`` do not depend on positions `
 row of a sequence whose (target ids, keep) is a prefix of another row's of the same sequence,
 with the same source ids and keep, is therefore answered by that row's forward, read at its
 own position: only the rows that extend no other row are forwarded, each scored at the
-positions of every row it answers. The unperturbed rows of all steps of a sequence share one
-forward (its longest prefix), and so do the fully erased ones in ``mask`` mode. Soft rows are
+positions of every row it answers. The unperturbed rows of all steps of a sequence cost at most
+one forward (the last step's; earlier ones are read from any later row that extends them), and
+so do the fully erased ones in ``mask`` mode. Soft rows are
 never shared; a scorer that does not declare ``causal = True`` gets one forward per row.
 
 Erasure happens on the embeddings inside the program: ``where(keep, embed(ids),
