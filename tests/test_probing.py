@@ -232,3 +232,29 @@ def test_lbfgs_probe_matches_sklearn_accuracy_per_layer():
         xs = (xl - xl[tr].mean(0)) / xl[tr].std(0)
         acc = LogisticRegression(C=1.0, tol=1e-8).fit(xs[tr], y[tr]).score(xs[te], y[te])
         assert abs(res.accuracy[layer] - acc) <= 1.0 / len(te) + 1e-9, (layer, res.accuracy, acc)
+
+
+def test_aligned_features_are_read_in_place_with_the_same_result():
+    """A 64-byte aligned C-contiguous array reaches the probe program without a copy (the
+    device buffer is the caller's memory); an unaligned or reordered input is copied; both
+    give the same probes."""
+    from jaxattr.probing import data
+    from jaxattr.probing.fit import _device_features
+    for shape in [(7,), (3, 5, 11), (1000, 3, 24)]:
+        assert data.aligned_empty(shape).ctypes.data % data.ALIGNMENT == 0
+    x, y = one_layer_data(n=600, layers=3, h=8, at=1)
+    xa = data.aligned_empty(x.shape)
+    xa[...] = x
+    xu = np.empty(x.nbytes + 4, np.uint8)[4:4 + x.nbytes].view(np.float32).reshape(x.shape)
+    xu[...] = x                                   # 4 bytes past an allocation: unaligned
+    order = np.random.default_rng(0).permutation(len(y))
+    feats, _ = _device_features(data.stack_features(xa)[0], order)
+    assert feats.unsafe_buffer_pointer() == xa.ctypes.data
+    feats, _ = _device_features(data.stack_features(xu)[0], order)
+    assert feats.unsafe_buffer_pointer() != xu.ctypes.data
+    np.testing.assert_array_equal(np.asarray(feats), x)
+    spec = P.TrainSpec(optimizer="lbfgs", early_stopping=False, l2=1e-3)
+    a, u = P.fit(xa, y, spec=spec), P.fit(xu, y, spec=spec)
+    np.testing.assert_array_equal(a.accuracy, u.accuracy)
+    np.testing.assert_array_equal(a.steps, u.steps)
+    np.testing.assert_array_equal(xa, x)          # only read

@@ -105,6 +105,11 @@ def test_never_recomputed_and_memory_mapped(tmp_path):
     assert isinstance(c.values["embed"], np.memmap)
     for s in SITES:
         np.testing.assert_array_equal(np.asarray(c.values[s]), np.asarray(a.values[s]))
+    for f in (a, c):                                # stacked 64-byte aligned (fit: no copy)
+        stacked = f.array()
+        assert stacked.ctypes.data % 64 == 0
+        np.testing.assert_array_equal(stacked, np.stack([np.asarray(f.values[s])
+                                                         for s in SITES], axis=1))
     collect_features(fresh, TEXTS, **{**kw, "positions": 1})
     assert fresh.calls == 2                         # another selection is another run
 

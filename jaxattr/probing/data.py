@@ -8,7 +8,25 @@ import numpy as np
 
 from ..encoding import InputError
 
-__all__ = ["stack_features", "encode_labels", "split_order", "control_labels"]
+__all__ = ["stack_features", "encode_labels", "split_order", "control_labels", "aligned_empty",
+           "ALIGNMENT"]
+
+#: Byte alignment at which JAX's CPU backend uses a NumPy array's memory in place
+#: (``jax.device_put`` of a C-contiguous array whose data address is a multiple of it makes
+#: no copy); NumPy's own allocations of large arrays are only 16-byte aligned.
+ALIGNMENT = 64
+
+
+def aligned_empty(shape, dtype=np.float32) -> np.ndarray:
+    """An uninitialised C-contiguous array whose data starts at a multiple of
+    :data:`ALIGNMENT` bytes, so that JAX on CPU reads it without copying it (for the
+    ``[10k, 13, 768]`` features of a GPT-2-sized probe that saves copying 381 MiB, ~0.3 s).
+    ``.npy`` files opened with ``mmap_mode`` are aligned the same way."""
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(nbytes + ALIGNMENT, np.uint8)
+    start = (-raw.ctypes.data) % ALIGNMENT
+    return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def stack_features(features, layer_names: Optional[Sequence[str]] = None):
@@ -34,9 +52,10 @@ def stack_features(features, layer_names: Optional[Sequence[str]] = None):
                              f"{dict(zip(names, [a.shape[0] for a in arrays]))}; every site "
                              f"needs one row per example.")
         h = max(a.shape[1] for a in arrays)
-        x = np.zeros((len(arrays), arrays[0].shape[0], h), np.float32)
+        x = aligned_empty((len(arrays), arrays[0].shape[0], h))
         for i, a in enumerate(arrays):
             x[i, :, :a.shape[1]] = a
+            x[i, :, a.shape[1]:] = 0.0
         if layer_names is not None:
             raise InputError("layer_names is taken from the keys of a features mapping; "
                              "drop layer_names=.")

@@ -28,6 +28,7 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from ..encoding import InputError
+from .data import aligned_empty
 
 __all__ = ["Features", "collect_features", "POOLINGS"]
 
@@ -59,9 +60,14 @@ class Features:
         return tuple(self.values)
 
     def array(self, sites: Optional[Sequence[str]] = None) -> np.ndarray:
-        """The sites stacked as ``[R, n_sites, H]`` (all sites must share ``H``)."""
+        """The sites stacked as ``[R, n_sites, H]`` float32 (all sites must share ``H``), 64-byte
+        aligned so that :func:`~jaxattr.probing.fit` uses it in place (no copy)."""
         names = list(sites or self.values)
-        return np.stack([np.asarray(self.values[s]) for s in names], axis=1)
+        first = np.asarray(self.values[names[0]])
+        out = aligned_empty((first.shape[0], len(names)) + first.shape[1:])
+        for j, s in enumerate(names):      # 64-byte aligned: fit() reads it without a copy
+            out[:, j] = self.values[s]
+        return out
 
 
 def _side(model, names) -> str:
