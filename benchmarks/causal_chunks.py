@@ -6,22 +6,67 @@ decoder at GPT-2-124M size.
 A random Llama config of GPT-2-124M size (hidden 768, 12 layers, 12 heads, MLP 3072, vocab
 32000, the config of ``native_vs_flax.py``), a batch of 16 prompt + 16 generated tokens
 (random ids; the second row is right-padded by 3 tokens unless ``--no-pad``), ``logprob``
-target. For saliency and integrated gradients (``--n-steps`` nodes), prints XLA's FLOP count of
-each compiled program, the median warm time of ``--repeats`` round-robin rounds, the ratio,
-and the largest attribution difference relative to the largest attribution. Each program is
-compiled once (its FLOPs read and the same executable timed). No torch, no tokenizer.
+target. For saliency and integrated gradients (``--n-steps`` nodes), prints for each compiled
+program XLA's cost analysis (FLOPs and bytes accessed; it counts a loop body once, so the
+12-layer scans weigh as one layer), the matmul FLOPs it executes (each ``dot`` of the
+optimised HLO times its loops' trip counts), the median warm wall and process CPU time of
+``--repeats`` round-robin rounds (CPU time is steadier on a shared machine), the ratios, and
+the largest attribution difference relative to the largest attribution. Each program is
+compiled once (its counts read and the same executable timed). No torch, no tokenizer.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 os.environ.setdefault("JAXATTR_CACHE_DIR", "0")
+
+
+def executed_matmul_flops(hlo: str) -> float:
+    """FLOPs of the ``dot`` instructions of an optimised HLO module's text, each computation's
+    counted as many times as it runs (a ``while`` body times its known trip count)."""
+    comps, cur = {}, None
+    for line in hlo.splitlines():
+        if line and not line.startswith(" ") and line.rstrip().endswith("{"):
+            cur = line.split()[1 if line.startswith("ENTRY") else 0].lstrip("%")
+            comps[cur] = ([], line.startswith("ENTRY"))
+        elif cur is not None:
+            comps[cur][0].append(line)
+
+    def dims(text):
+        return [int(d) for d in text.split(",") if d]
+
+    own, calls, shapes = {}, {}, {}
+    for name, (lines, _) in comps.items():
+        own[name], calls[name] = 0.0, []
+        for line in lines:
+            m = re.match(r"\s+(?:ROOT )?%(\S+) = \w+\[([0-9,]*)\]", line)
+            if m:
+                shapes[m.group(1)] = dims(m.group(2))
+        for line in lines:
+            m = re.match(r"\s+(?:ROOT )?%\S+ = \w+\[([0-9,]*)\]\S* dot\(%([\w.-]+)", line)
+            if m:
+                lhs = shapes[m.group(2)]
+                contract = re.search(r"lhs_contracting_dims=\{([0-9,]*)\}", line).group(1)
+                own[name] += 2.0 * np.prod(dims(m.group(1))) * np.prod(
+                    [lhs[i] for i in dims(contract)])
+            trips = re.search(r'"known_trip_count":\{"n":"(\d+)"', line)
+            for kind, callee in re.findall(r"(body|calls|to_apply)=%([\w.-]+)", line):
+                calls[name].append((callee, int(trips.group(1)) if kind == "body" and trips
+                                    else 1))
+
+    def total(name):
+        return own[name] + sum(n * total(c) for c, n in calls[name] if c in comps)
+
+    return total(next(n for n, (_, entry) in comps.items() if entry))
 
 
 def native_model(layers=12, vocab=32000, hidden=768, heads=12, mlp=3072, seed=0):
@@ -77,7 +122,6 @@ def main(argv=None):
     ap.add_argument("--ig-only", action="store_true", help="skip saliency")
     args = ap.parse_args(argv)
     import jax
-    import numpy as np
     from jaxattr import pipeline, targets
     from jaxattr.methods import integrated_gradients, saliency
 
@@ -91,12 +135,14 @@ def main(argv=None):
                               ("saliency", saliency, ()))[:1 if args.ig_only else 2]:
         call = dict(method=method, method_kwargs=mkw, target_fn=targets.logprob, target_kwargs=(),
                     step_fns=(), attribute_source=False, attribute_target=True)
-        progs, flops = {}, {}
+        progs, cost = {}, {}
         for k, extra in (("one-pass", {}), ("exact", {"causal_chunks": pipeline.exact_plan(batch)})):
-            # one compilation per program: its FLOPs are read and the same executable is timed
+            # one compilation per program: its counts are read and the same executable is timed
             compiled = pipeline._attribute_jit.lower(model, batch, None, **call, **extra).compile()
-            cost = compiled.cost_analysis()
-            flops[k] = float((cost[0] if isinstance(cost, (list, tuple)) else cost)["flops"])
+            xla = compiled.cost_analysis()
+            xla = xla[0] if isinstance(xla, (list, tuple)) else xla
+            cost[k] = (float(xla["flops"]), float(xla["bytes accessed"]),
+                       executed_matmul_flops(compiled.as_text()))
             progs[k] = lambda compiled=compiled: compiled(model, batch, None)
         out = {k: jax.block_until_ready(fn()) for k, fn in progs.items()}
         a, b = (np.nan_to_num(np.asarray(out[k].target_attributions)) for k in progs)
@@ -104,24 +150,31 @@ def main(argv=None):
         times = {k: [] for k in progs}
         for _ in range(args.repeats):
             for k, fn in progs.items():
-                t = time.perf_counter()
+                t, c = time.perf_counter(), time.process_time()
                 jax.block_until_ready(fn())
-                times[k].append(time.perf_counter() - t)
-        warm = {k: statistics.median(v) for k, v in times.items()}
-        rows.append((name, flops, warm, err))
-        print(f"{name}: GFLOP one-pass {flops['one-pass'] / 1e9:.1f}, exact "
-              f"{flops['exact'] / 1e9:.1f} ({1 - flops['exact'] / flops['one-pass']:.1%} fewer); "
-              "warm s " + ", ".join(f"{k} " + " ".join(f"{x:.2f}" for x in v)
-                                    for k, v in times.items())
+                times[k].append((time.perf_counter() - t, time.process_time() - c))
+        warm = {k: tuple(statistics.median(x[i] for x in v) for i in (0, 1))
+                for k, v in times.items()}
+        rows.append((name, cost, warm, err))
+        print(f"{name}: " + "; ".join(
+            f"{k}: XLA GFLOP {c[0] / 1e9:.1f}, GB accessed {c[1] / 1e9:.1f}, executed matmul "
+            f"GFLOP {c[2] / 1e9:.0f}" for k, c in cost.items())
+              + "; warm wall/CPU s " + ", ".join(
+                  f"{k} " + " ".join(f"{w:.2f}/{c:.2f}" for w, c in v) for k, v in times.items())
               + f"; max|diff|/max {err:.1e} (load {os.getloadavg()[0]:.1f})", flush=True)
     print(f"\n=== exact causal truncation, native GPT-2-124M size, batch {args.batch}, "
           "16 + 16 tokens ===")
-    print("| method | GFLOP one-pass | GFLOP exact | FLOPs saved | "
-          "warm one-pass s | warm exact s | speed-up | max diff / max |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, f, w, err in rows:
-        print(f"| {name} | {f['one-pass'] / 1e9:.1f} | {f['exact'] / 1e9:.1f} | {1 - f['exact'] / f['one-pass']:.1%} | "
-              f"{w['one-pass']:.2f} | {w['exact']:.2f} | {w['one-pass'] / w['exact']:.2f}x | "
+    print("| method | executed matmul GFLOP one-pass / exact (fewer) | XLA GFLOP one-pass / "
+          "exact (fewer) | XLA GB accessed one-pass / exact | warm wall s one-pass / exact "
+          "(speed-up) | warm CPU s one-pass / exact (speed-up) | max diff / max |")
+    print("|---|---|---|---|---|---|---|")
+    for name, c, w, err in rows:
+        o, e = c["one-pass"], c["exact"]
+        wo, we = w["one-pass"], w["exact"]
+        print(f"| {name} | {o[2] / 1e9:.0f} / {e[2] / 1e9:.0f} ({1 - e[2] / o[2]:.1%}) | "
+              f"{o[0] / 1e9:.1f} / {e[0] / 1e9:.1f} ({1 - e[0] / o[0]:.1%}) | "
+              f"{o[1] / 1e9:.1f} / {e[1] / 1e9:.1f} | {wo[0]:.2f} / {we[0]:.2f} "
+              f"({wo[0] / we[0]:.2f}x) | {wo[1]:.2f} / {we[1]:.2f} ({wo[1] / we[1]:.2f}x) | "
               f"{err:.1e} |")
     print(f"load average {os.getloadavg()[0]:.1f}")
 

@@ -7,8 +7,12 @@ GPT-2-124M-sized random checkpoint (``benchmarks/_workload.py``), ``--n`` sequen
 steps each. The evaluation is :func:`jaxattr.evaluate.faithfulness` with its defaults:
 comprehensiveness and sufficiency over the 5 bins (0.01, 0.05, 0.1, 0.2, 0.5), ``mask``
 erasure. Both are timed twice in one process: cold (compilation included) and warm (the same
-call again). Also printed: the perturbed forwards the evaluation ran and their padded tokens,
-against the tokens of the attribution's forward and its per-step backward passes.
+call again), in wall-clock and in process CPU seconds. Also printed: the perturbed inputs, the forwards that answered them (shared by
+causality, :func:`jaxattr.evaluate.perturb.plan_forwards`), their tokens before and after
+padding and the number of compiled chunk shapes, against the attribution's forward and its
+per-step backward passes. ``--length-step`` sets the padding granularity of the chunks
+(``jaxattr.evaluate.perturb.LENGTH_STEP``) and ``--no-share`` turns the sharing off, to
+compare.
 """
 from __future__ import annotations
 
@@ -23,15 +27,17 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 import jaxattr  # noqa: E402
-from jaxattr.evaluate import faithfulness  # noqa: E402
+from jaxattr.evaluate import faithfulness, perturb  # noqa: E402
 from _workload import ensure_checkpoint, make_prompts  # noqa: E402
 
 
 def _timed(fn):
-    t = time.perf_counter()
+    """``(result, (wall seconds, process CPU seconds))``: the CPU time is the steadier number
+    on a machine shared with other jobs."""
+    t, c = time.perf_counter(), time.process_time()
     res = fn()
     jax.block_until_ready(jax.tree_util.tree_leaves(getattr(res, "batches", res)))
-    return res, time.perf_counter() - t
+    return res, (time.perf_counter() - t, time.process_time() - c)
 
 
 def main(argv=None):
@@ -39,7 +45,11 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--batch-size", type=int, default=25)
     ap.add_argument("--max-tokens", type=int, default=16384)
+    ap.add_argument("--length-step", type=int, default=None)
+    ap.add_argument("--no-share", action="store_true")
     args = ap.parse_args(argv)
+    if args.length_step:
+        perturb.LENGTH_STEP = args.length_step
     ckpt = ensure_checkpoint()
     model = jaxattr.load_model(ckpt)
     prompts, gens = make_prompts(8, ckpt)
@@ -51,24 +61,35 @@ def main(argv=None):
                                show_progress=False)
 
     out, attr_cold = _timed(attribute)
-    print(f"saliency cold {attr_cold:.2f} s", flush=True)
+    print(f"saliency cold {attr_cold[0]:.2f} s", flush=True)
     _, attr_warm = _timed(attribute)
-    print(f"saliency warm {attr_warm:.2f} s", flush=True)
-    res, eval_cold = _timed(lambda: faithfulness(model, out, max_tokens=args.max_tokens))
-    print(f"faithfulness cold {eval_cold:.2f} s", flush=True)
-    _, eval_warm = _timed(lambda: faithfulness(model, out, max_tokens=args.max_tokens))
-    n_rows, tokens = res.info["n_forwards"], res.info["forward_tokens"]
+    print(f"saliency warm {attr_warm[0]:.2f} s", flush=True)
+    def evaluate():
+        return faithfulness(model, out, max_tokens=args.max_tokens,
+                            share_forwards=not args.no_share)
+
+    res, eval_cold = _timed(evaluate)
+    print(f"faithfulness cold {eval_cold[0]:.2f} s", flush=True)
+    _, eval_warm = _timed(evaluate)
+    info = res.info
+    n_rows, n_fwd, tokens = info["n_rows"], info["n_forwards"], info["forward_tokens"]
+    padded, programs = info["padded_tokens"], info["n_programs"]
     L, T = 32, 16
     print(f"devices: {jax.devices()}")
-    print(f"{args.n} sequences x {T} steps, bins {res.info['bins']}, erase {res.info['erase']}")
-    print(f"saliency attribution : cold {attr_cold:8.2f} s   warm {attr_warm:8.2f} s")
-    print(f"faithfulness         : cold {eval_cold:8.2f} s   warm {eval_warm:8.2f} s")
-    print(f"ratio faithfulness / saliency: cold {eval_cold / attr_cold:.2f}x   "
-          f"warm {eval_warm / attr_warm:.2f}x")
-    print(f"perturbed forwards: {n_rows} ({n_rows / args.n:.1f} per sequence, "
-          f"{n_rows / args.n / T:.1f} per step) over {tokens} tokens = the tokens of "
-          f"{tokens / (args.n * L):.1f} full-sequence forwards per sequence; saliency: 1 "
-          f"forward + {T} input-gradient backward passes per sequence")
+    print(f"{args.n} sequences x {T} steps, bins {info['bins']}, erase {info['erase']}, "
+          f"length step {perturb.LENGTH_STEP}, shared forwards {not args.no_share}")
+    for i, kind in enumerate(("wall", "CPU")):
+        print(f"{kind:4s} saliency attribution : cold {attr_cold[i]:8.2f} s   "
+              f"warm {attr_warm[i]:8.2f} s")
+        print(f"{kind:4s} faithfulness         : cold {eval_cold[i]:8.2f} s   "
+              f"warm {eval_warm[i]:8.2f} s")
+        print(f"{kind:4s} ratio faithfulness / saliency: cold {eval_cold[i] / attr_cold[i]:.2f}x"
+              f"   warm {eval_warm[i] / attr_warm[i]:.2f}x")
+    print(f"perturbed inputs: {n_rows} ({n_rows / args.n / T:.1f} per step), answered by "
+          f"{n_fwd} forwards ({n_fwd / args.n / T:.2f} per step) over {tokens} tokens = the "
+          f"tokens of {tokens / (args.n * L):.1f} full-sequence forwards per sequence "
+          f"({padded / (args.n * L):.1f} padded, {programs} compiled chunk shapes); "
+          f"saliency: 1 forward + {T} input-gradient backward passes per sequence")
     print("means:", {k: round(v, 4) for k, v in res.mean().items()})
 
 

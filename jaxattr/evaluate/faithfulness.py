@@ -25,7 +25,7 @@ def faithfulness(model, out, *, metrics: Union[str, Sequence[str]] = ("comprehen
                  baseline: str = "unk", attributed_fn: Any = None,
                  attributed_fn_kwargs: Optional[dict] = None, exclude_special: bool = True,
                  n_soft_samples: int = 1, seed: int = 0, max_tokens: int = 16384,
-                 jit: bool = True) -> FaithfulnessResult:
+                 share_forwards: bool = True, jit: bool = True) -> FaithfulnessResult:
     """Faithfulness of an attribution, per generated step.
 
     For each step, the candidate input tokens (source tokens; target tokens before the step;
@@ -53,6 +53,11 @@ def faithfulness(model, out, *, metrics: Union[str, Sequence[str]] = ("comprehen
         function (``out.info``), else ``"probability"``. Contrastive targets are not supported.
       n_soft_samples, seed: Bernoulli masks per step of the soft metrics and their seed.
       max_tokens: padded tokens per compiled chunk.
+      share_forwards: with a causal scorer (every model jaxattr loads), a perturbed input that
+        is a prefix of another of the same sequence is read from that input's forward
+        (:func:`~jaxattr.evaluate.perturb.plan_forwards`; same values, fewer forwards).
+        ``False``: one forward per perturbed input. Ignored for scorers without
+        ``causal = True``.
       jit: run the chunks through ``jax.jit`` (``False``: eagerly, for debugging).
 
     Returns:
@@ -100,7 +105,7 @@ def faithfulness(model, out, *, metrics: Union[str, Sequence[str]] = ("comprehen
     items = step_items(view, special_ids=special)
     values, stats = evaluate_items(scorer, items, spec, fill_id=fill,
                                    log_kind=kind or "prob", max_positions=max_positions,
-                                   jit=jit)
+                                   share_forwards=share_forwards, jit=jit)
     n_steps = [s.attr_pos_end - s.attr_pos_start for s in view.sequence_attributions]
     meta = {"metrics": list(spec.metrics), "bins": list(spec.bins), "erase": spec.erase,
             "baseline": spec.baseline, "exclude_special": spec.exclude_special,
@@ -122,11 +127,14 @@ def _score_kind(name, kwargs) -> Optional[str]:
 
 
 def evaluate_items(scorer, items, spec: FaithfulnessSpec, *, fill_id: int, log_kind: str,
-                   max_positions: Optional[int] = None, jit: bool = True) -> tuple:
+                   max_positions: Optional[int] = None, share_forwards: bool = True,
+                   jit: bool = True) -> tuple:
     """Metric dicts (see :func:`.metrics.step_metrics`) of every step item: builds the rows
-    of all steps and bins, scores them in one :func:`.perturb.score_rows` call, then reads
-    each step's values back. Returns ``(dicts, {"n_forwards": rows scored,
-    "forward_tokens": their tokens before padding})``."""
+    of all steps and bins, scores them in one :func:`.perturb.score_rows` call (forwards
+    shared by causality when ``share_forwards`` and the scorer is causal), then reads each
+    step's values back. Returns ``(dicts, stats)``: ``n_rows`` (perturbed inputs),
+    ``n_forwards`` (forwards run), ``forward_tokens`` (their tokens before padding),
+    ``padded_tokens``, ``n_programs`` (chunk shapes)."""
     ms = set(spec.metrics)
     rows, plans = [], []
 
@@ -156,8 +164,10 @@ def evaluate_items(scorer, items, spec: FaithfulnessSpec, *, fill_id: int, log_k
         plan["soft_suff"] = [add(item, q, True) for _ in range(spec.n_soft_samples)
                              ] if "soft_sufficiency" in ms else []
         plans.append(plan)
-    scores = score_rows(scorer, rows, max_tokens=spec.max_tokens, seed=spec.seed,
-                        max_positions=max_positions, jit=jit)
+    share = bool(share_forwards) and bool(getattr(scorer, "causal", False))
+    scores, stats = score_rows(scorer, rows, max_tokens=spec.max_tokens, seed=spec.seed,
+                               max_positions=max_positions, jit=jit, share=share,
+                               return_stats=True)
     results = []
     for plan in plans:
         full = scores[plan["full"]]
@@ -179,9 +189,6 @@ def evaluate_items(scorer, items, spec: FaithfulnessSpec, *, fill_id: int, log_k
             soft_comp=scores[plan["soft_comp"]], soft_suff=scores[plan["soft_suff"]],
             log_odds_score=erased(plan["k20"]) if "log_odds" in ms else np.nan,
             log_kind=log_kind))
-    stats = {"n_forwards": len(rows),
-             "forward_tokens": int(sum(r.target_ids.shape[0] + (
-                 0 if r.source_ids is None else r.source_ids.shape[0]) for r in rows))}
     return results, stats
 
 

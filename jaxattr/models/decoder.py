@@ -16,7 +16,7 @@ value -> patch -> + delta -> captured, as the protocol states.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -25,7 +25,7 @@ from ..methods import deeplift_rules as rules
 from .rope import apply_rope, rope_tables
 from .spec import DecoderSpec
 
-__all__ = ["rms_norm", "lookup", "head_logits", "hidden_states", "NO_WINDOW"]
+__all__ = ["rms_norm", "lookup", "head_logits", "hidden_states", "NO_WINDOW", "Past"]
 
 NO_WINDOW = 2 ** 30
 # Every nonlinearity goes through jaxattr.methods.deeplift_rules: the plain operation, and
@@ -78,10 +78,28 @@ def _linear(x, p, name):
     return y + p[name + "_bias"] if name + "_bias" in p else y
 
 
-def _attention(spec: DecoderSpec, p: dict, h, cos, sin, allowed, hook, past=None):
-    """``past``: ``(k, v)`` ``[B, s, kv, hd]`` of earlier positions (already rotated), which
-    the queries of ``h`` also see (``allowed [B, n, s + n]``); then ``(out, (k, v))`` of
-    ``h``'s positions is returned."""
+class Past(NamedTuple):
+    """What a position block's attention reads of the earlier positions (exact causal
+    truncation, :mod:`jaxattr.models.causal_chunks`), for one layer.
+
+    ``k, v [B, s, kv, hd]``: their keys (rotated) and values, constants of the block.
+    ``d_scores [B, kv, heads // kv, n, s]``: added to the block's raw query-key products with
+    them, and ``d_heads [B, n, heads, hd]``: added to the heads' outputs; zeros whose
+    cotangents (the products' and the heads') give, with the returned queries and
+    probabilities, the cotangents of ``k`` and ``v`` — without forming them per step here."""
+    k: jax.Array
+    v: jax.Array
+    d_scores: jax.Array
+    d_heads: jax.Array
+
+
+def _attention(spec: DecoderSpec, p: dict, h, cos, sin, allowed, hook,
+               past: Optional[Past] = None):
+    """Self-attention of ``h [B, n, H]``. With ``past`` the queries also see the earlier
+    positions (``allowed [B, n, s + n]``) and ``(out, (k, v, q, probs))`` is returned: the
+    block's keys and values ``[B, n, kv, hd]`` (rotated), its queries ``[B, n, kv, heads // kv,
+    hd]`` (rotated) and its probabilities on the earlier positions ``[B, kv, heads // kv, n,
+    s]``."""
     b, n, _ = h.shape
     nh, kv, hd = spec.n_heads, spec.n_kv_heads, spec.head_dim
     q, k, v = _linear(h, p, "q"), _linear(h, p, "k"), hook("value", _linear(h, p, "v"))
@@ -91,23 +109,31 @@ def _attention(spec: DecoderSpec, p: dict, h, cos, sin, allowed, hook, past=None
     if spec.qk_norm == "head":
         q, k = rms_norm(q, p["q_norm"], spec), rms_norm(k, p["k_norm"], spec)
     q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-    new_kv = (k, v)
-    if past is not None:
-        k, v = jnp.concatenate([past[0], k], axis=1), jnp.concatenate([past[1], v], axis=1)
     q = q.reshape(b, n, kv, nh // kv, hd)     # head h reads kv head h // (nh / kv)
-    scores = rules.product(_einsum("bqkgd,bskd->bkgqs"), q, k) * jnp.asarray(spec.attn_scale,
-                                                                             q.dtype)
+    qk, pv = _einsum("bqkgd,bskd->bkgqs"), _einsum("bkgqs,bskd->bqkgd")
+    scores = rules.product(qk, q, k)
+    if past is not None:      # the earlier columns apart: no cotangent of their keys here
+        scores = jnp.concatenate([rules.product(qk, q, past.k) + past.d_scores, scores], -1)
+    scores = scores * jnp.asarray(spec.attn_scale, q.dtype)
     if spec.attn_softcap:
         c = spec.attn_softcap
         scores = rules.tanh(scores / c) * c
     scores = jnp.where(allowed[:, None, None], scores.astype(jnp.float32),
                        jnp.finfo(jnp.float32).min)
     probs = rules.softmax(scores, axis=-1).astype(v.dtype)
-    hook("attn_pattern", probs.reshape(b, nh, n, k.shape[1]))
-    heads = rules.product(_einsum("bkgqs,bskd->bqkgd"), probs, v).reshape(b, n, nh, hd)
+    hook("attn_pattern", probs.reshape(b, nh, n, probs.shape[-1]))
+    if past is None:
+        heads = rules.product(pv, probs, v)
+    else:
+        s = past.k.shape[1]
+        heads = (rules.product(pv, probs[..., :s], past.v)
+                 + rules.product(pv, probs[..., s:], v))
+    heads = heads.reshape(b, n, nh, hd)
+    if past is not None:
+        heads = heads + past.d_heads
     heads = hook("head_out", heads)
     out = _linear(heads.reshape(b, n, nh * hd), p, "o")
-    return out if past is None else (out, new_kv)
+    return out if past is None else (out, (k, v, q, probs[..., :past.k.shape[1]]))
 
 
 def _mlp(spec: DecoderSpec, p: dict, h):
@@ -115,12 +141,15 @@ def _mlp(spec: DecoderSpec, p: dict, h):
     return _linear(rules.product(jnp.multiply, _ACT[spec.act](gate), up), p, "down")
 
 
-def _block(spec: DecoderSpec, p: dict, x, cos, sin, allowed, hook, past=None):
+def _block(spec: DecoderSpec, p: dict, x, cos, sin, allowed, hook,
+           past: Optional[Past] = None):
+    """One layer on ``x [B, n, H]``; with ``past`` also what :func:`_attention` returns
+    besides its output."""
     x = hook("resid_pre", x)
     h = rms_norm(x, p["attn_in"], spec) if "attn_in" in spec.norms else x
     a = _attention(spec, p, h, cos, sin, allowed, hook, past)
     if past is not None:
-        a, kv = a
+        a, extra = a
     if "attn_out" in spec.norms:
         a = rms_norm(a, p["attn_out"], spec)
     x = x + hook("attn_out", a)
@@ -130,7 +159,7 @@ def _block(spec: DecoderSpec, p: dict, x, cos, sin, allowed, hook, past=None):
         m = rms_norm(m, p["mlp_out"], spec)
     x = x + hook("mlp_out", m)
     x = hook("resid_post", x)
-    return x if past is None else (x, kv)
+    return x if past is None else (x, extra)
 
 
 def _tables(spec: DecoderSpec, mask):
