@@ -11,22 +11,15 @@ from jaxattr.evaluate import faithfulness
 from jaxattr.evaluate.perturb import Row, plan_forwards, score_rows
 from jaxattr.results import AttributionOutput, SequenceAttribution
 
+from _scalar_scorer import ScalarTokens
 from conftest import FULL, PROMPTS, SOURCES, TARGETS
 
 
-class PrefixSum(struct.PyTreeNode):
+class PrefixSum(ScalarTokens):
     """``m = Σ w[id]`` over the kept tokens up to the scored position; token ``v``'s embedding
     is the scalar ``w[v]`` (zero baseline). ``causal=False`` is a scorer of the old protocol
     (``[N]`` positions, summing the whole row, which is the row's own prefix)."""
-    w: jax.Array
     causal: bool = struct.field(pytree_node=False, default=True)
-    fill_id: int = struct.field(pytree_node=False, default=0)
-
-    def embed(self, ids, side):
-        return self.w[ids][..., None]
-
-    def baseline(self, ids, side):
-        return jnp.zeros(ids.shape + (1,), self.w.dtype)
 
     def score(self, chunk, embeds):
         x = embeds["target"][..., 0] * chunk.target_mask

@@ -12,21 +12,14 @@ from flax import struct
 from jaxattr.evaluate import FaithfulnessResult, faithfulness, load_faithfulness
 from jaxattr.results import AttributionOutput, SequenceAttribution
 
+from _scalar_scorer import ScalarTokens
 from conftest import FULL, PROMPTS, SOURCES, TARGETS
 
 
-class AdditiveScorer(struct.PyTreeNode):
+class AdditiveScorer(ScalarTokens):
     """``m(x) = link(Σ_i x_i)`` over the kept tokens of the prefix; token ``v``'s embedding is
     the scalar ``w[v]`` (zero baseline), so its contribution to the sum is exactly ``w[v]``."""
-    w: jax.Array
     sigmoid: bool = struct.field(pytree_node=False, default=False)
-    fill_id: int = struct.field(pytree_node=False, default=0)
-
-    def embed(self, ids, side):
-        return self.w[ids][..., None]
-
-    def baseline(self, ids, side):
-        return jnp.zeros(ids.shape + (1,), self.w.dtype)
 
     def score(self, chunk, embeds):
         s = (embeds["target"][..., 0] * chunk.target_mask).sum(-1)
