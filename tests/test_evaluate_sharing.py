@@ -9,9 +9,8 @@ from flax import struct
 
 from jaxattr.evaluate import faithfulness
 from jaxattr.evaluate.perturb import Row, plan_forwards, score_rows
-from jaxattr.results import AttributionOutput, SequenceAttribution
 
-from _scalar_scorer import ScalarTokens
+from _scalar_scorer import ScalarTokens, decoder_output
 from conftest import FULL, PROMPTS, SOURCES, TARGETS
 
 
@@ -34,17 +33,7 @@ W = np.array([0.0, 1.0, -2.0, 4.0, 0.5, 3.0], np.float32)   # w[0] = 0: the fill
 
 
 def _output(attrs, ids=(1, 2, 3, 4, 5), n_prompt=3):
-    seqs = []
-    for attr in attrs:
-        L, T = len(ids), len(ids) - n_prompt
-        col = np.full((L, T), np.nan, np.float32)
-        for t in range(T):
-            col[:n_prompt + t, t] = attr[:n_prompt + t]
-        seqs.append(SequenceAttribution(
-            source=None, target=[str(i) for i in ids], source_attributions=None,
-            target_attributions=col, step_scores={}, attr_pos_start=n_prompt, attr_pos_end=L,
-            target_ids=list(ids)))
-    return AttributionOutput(seqs, {"method": "synthetic"})
+    return decoder_output([ids] * len(attrs), attrs, n_prompt)
 
 
 # Sequence 0 ranks position 0, then 2, at both steps; sequence 1 ranks the newest token first.

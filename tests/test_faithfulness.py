@@ -10,9 +10,8 @@ import pytest
 from flax import struct
 
 from jaxattr.evaluate import FaithfulnessResult, faithfulness, load_faithfulness
-from jaxattr.results import AttributionOutput, SequenceAttribution
 
-from _scalar_scorer import ScalarTokens
+from _scalar_scorer import ScalarTokens, decoder_output
 from conftest import FULL, PROMPTS, SOURCES, TARGETS
 
 
@@ -24,23 +23,6 @@ class AdditiveScorer(ScalarTokens):
     def score(self, chunk, embeds):
         s = (embeds["target"][..., 0] * chunk.target_mask).sum(-1)
         return jax.nn.sigmoid(s) if self.sigmoid else s
-
-
-def _output(ids_per_seq, attr_per_seq, n_prompt):
-    """Decoder-only style output: target = prompt + generated ids, one column per generated
-    token, NaN above each step's prefix."""
-    seqs = []
-    for ids, attr in zip(ids_per_seq, attr_per_seq):
-        L = len(ids)
-        T = L - n_prompt
-        col = np.full((L, T), np.nan, np.float32)
-        for t in range(T):
-            col[:n_prompt + t, t] = attr[:n_prompt + t]
-        seqs.append(SequenceAttribution(
-            source=None, target=[str(i) for i in ids], source_attributions=None,
-            target_attributions=col, step_scores={}, attr_pos_start=n_prompt, attr_pos_end=L,
-            target_ids=list(ids)))
-    return AttributionOutput(seqs, {"method": "synthetic"})
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +39,7 @@ BINS = (0.1, 0.2, 0.3, 0.5)
 
 
 def _evaluate(scorer, ids, attrs, n_prompt, **kw):
-    out = _output(ids, attrs, n_prompt)
+    out = decoder_output(ids, attrs, n_prompt)
     return faithfulness(scorer, out, metrics=("comprehensiveness", "sufficiency"), bins=BINS,
                         **kw)
 
@@ -112,7 +94,7 @@ def test_delete_matches_ferret_hand_computed():
     w = np.zeros(8, np.float32)
     w[[1, 2, 3]] = [1.0, -0.5, 2.0]
     scorer = AdditiveScorer(w=jnp.asarray(w), sigmoid=True)
-    out = _output([np.array([1, 2, 3, 4])], [np.array([0.2, 0.7, 0.1, 0.0])], 3)
+    out = decoder_output([np.array([1, 2, 3, 4])], [np.array([0.2, 0.7, 0.1, 0.0])], 3)
     # ferret (removal_args remove_tokens=True, based_on="k", thresholds 1..n):
     # comprehensiveness = mean_k p(x) - p(x without top-k); sufficiency = mean_k p(x) - p(top-k)
     # ranking: token 2 (0.7), token 1 (0.2), token 3 (0.1); the empty input scores sigmoid(0)
@@ -136,7 +118,7 @@ def test_soft_metrics_expectation():
     w[1:5] = [1.0, 2.0, -1.0, 0.5]
     scorer = AdditiveScorer(w=jnp.asarray(w))
     attr = np.array([1.0, 0.5, 0.25, 0.0, 0.0])
-    out = _output([np.array([1, 2, 3, 4, 5])], [attr], 4)
+    out = decoder_output([np.array([1, 2, 3, 4, 5])], [attr], 4)
     res = faithfulness(scorer, out, metrics=("soft_comprehensiveness", "soft_sufficiency"),
                        n_soft_samples=400, seed=3)
     q = attr[:4] / attr.max()
