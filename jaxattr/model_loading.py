@@ -13,13 +13,14 @@ __all__ = ["load_model"]
 
 def _is_native_checkpoint(path: str) -> bool:
     """A local directory whose ``config.json`` names a native family and that holds
-    safetensors weights."""
-    from .models import NATIVE_TYPES
+    safetensors weights (or names a family the native loader refuses with a clear error)."""
+    from .models import NATIVE_TYPES, REFUSED_TYPES
     from .models.checkpoint import config_dict, has_safetensors
     if not os.path.isdir(path):
         return False
     cfg = config_dict(path)
-    return bool(cfg) and cfg.get("model_type") in NATIVE_TYPES and has_safetensors(path)
+    return bool(cfg) and cfg.get("model_type") in NATIVE_TYPES + REFUSED_TYPES \
+        and has_safetensors(path)
 
 
 def _bundled_or_hub(name: str) -> str:

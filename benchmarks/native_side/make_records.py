@@ -20,7 +20,10 @@ in bfloat16, some sharded), the tokenizer, and ``record.npz``:
 * ``grad``, ``ixg`` ``[B, S, L, H]``: for each generated step ``s`` (token ``prompt_len + s``),
   the gradient of its log-probability with respect to ``model.get_input_embeddings()(ids)``
   of the sequence alone, and input x gradient (NaN past the sequence / steps);
-* ``prompt_len``, ``length`` ``[B]``.
+* ``prompt_len``, ``length`` ``[B]``;
+* MoE families: ``router_margin`` ``[n_layers]``, the smallest gap between the k-th and the
+  (k+1)-th router probability over the real tokens (no near-ties, so float32 cannot flip an
+  expert choice).
 
 Weights are rounded to bfloat16 first where the checkpoint is stored in bfloat16, and every
 PyTorch computation runs in float64, so the records are the exact function of the stored
@@ -100,7 +103,36 @@ FAMILIES = {
     # SmolLM 3: NoPE layers (no_rope_layers[i] == 0 drops RoPE), θ 2e6, tied
     "smollm3": ("SmolLM3Config", dict(rope_theta=2e6, no_rope_layers=[1, 0, 1],
                                       tie_word_embeddings=True), {}),
+    # Mixtral: 4 experts, top-2 (renormalised), window 4 < inputs, bf16-stored
+    "mixtral": ("MixtralConfig", dict(num_local_experts=4, num_experts_per_tok=2,
+                                      sliding_window=4, rope_theta=1e6,
+                                      tie_word_embeddings=False), dict(dtype="bfloat16")),
+    # Qwen 3 MoE: 4 experts of width 24, top-2 NOT renormalised (norm_topk_prob false), per-head
+    # q/k norms, q/k/v/o biases, explicit head_dim, window 4 on every layer; seed 3: no router
+    # near-ties (smallest top-2 vs 3rd probability gap 2.9e-3; seed 0 has 1.3e-4)
+    "qwen3_moe": ("Qwen3MoeConfig", dict(num_experts=4, num_experts_per_tok=2,
+                                         moe_intermediate_size=24, norm_topk_prob=False,
+                                         decoder_sparse_step=1, mlp_only_layers=[],
+                                         head_dim=16, attention_bias=True,
+                                         use_sliding_window=True, sliding_window=4,
+                                         tie_word_embeddings=False), dict(seed=3)),
 }
+
+
+def router_margins(model, ids, mask, k):
+    """``[n_layers]``: the smallest gap, over the real tokens of the padded batch, between the
+    k-th and the (k+1)-th router probability (float64). Top-k routing is discontinuous; a
+    large gap means float32 rounding cannot flip an expert choice."""
+    with torch.no_grad():
+        out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                    use_cache=False, output_router_logits=True)
+    real = torch.tensor(mask).reshape(-1) > 0
+    margins = []
+    for logits in out.router_logits:
+        probs = torch.softmax(logits.double(), -1)[real]
+        top = torch.topk(probs, k + 1, dim=-1).values
+        margins.append(float((top[:, k - 1] - top[:, k]).min()))
+    return np.array(margins)
 
 
 def perturb(model, family, dtype):
@@ -122,7 +154,7 @@ def build(family):
     cfg = dict(COMMON)
     cfg.update(extra)
     config = getattr(T, cls_name)(**cfg)
-    torch.manual_seed(SEED)
+    torch.manual_seed(opts.get("seed", SEED))
     model = T.AutoModelForCausalLM.from_config(config, attn_implementation="eager")
     dtype = getattr(torch, opts.get("dtype", "float32"))
     perturb(model, family, dtype)
@@ -169,7 +201,11 @@ def record(model, tok, family):
             (g,) = torch.autograd.grad(logp[q - 1, e[q]], x, retain_graph=True)
             grad[i, s, :len(e)] = g[0].numpy()
             ixg[i, s, :len(e)] = (g[0] * x[0]).detach().numpy()
-    return dict(ids=ids, mask=mask, logits_batch=batch.astype(np.float32),
+    extra = {}
+    if getattr(model.config, "num_experts_per_tok", None):
+        extra["router_margin"] = router_margins(model, ids, mask,
+                                                model.config.num_experts_per_tok)
+    return dict(extra, ids=ids, mask=mask, logits_batch=batch.astype(np.float32),
                 logits_alone=alone.astype(np.float32), grad=grad.astype(np.float32),
                 ixg=ixg.astype(np.float32), prompt_len=np.array(plens),
                 length=np.array([len(e) for e in enc]))
@@ -191,6 +227,8 @@ def main(families):
         real = rec["mask"] > 0
         assert np.isfinite(rec["logits_batch"][real]).all() and np.isfinite(rec["grad"][
             np.isfinite(rec["grad"])]).all()
+        if "router_margin" in rec:
+            print(family, "router margins", rec["router_margin"], flush=True)
         print(family, "max |logit|", float(np.abs(rec["logits_batch"][real]).max()),
               "batch-vs-alone", float(np.abs(rec["logits_batch"] - rec["logits_alone"])[
                   real].max()), flush=True)

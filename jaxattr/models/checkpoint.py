@@ -68,6 +68,27 @@ def _layout(spec: DecoderSpec) -> dict:
     return _NORMS["sandwich"] if "attn_out" in spec.norms else _NORMS["pre"]
 
 
+#: per MoE family: (block, router, {role: expert weight name}) under ``layers.{l}.``
+_MOE_NAMES = {
+    "mixtral": ("block_sparse_moe", "gate", {"gate": "w1", "down": "w2", "up": "w3"}),
+    "qwen3_moe": ("mlp", "gate", {"gate": "gate_proj", "up": "up_proj", "down": "down_proj"}),
+}
+
+
+def _experts(spec: DecoderSpec, take, base: str) -> dict:
+    """One MoE layer's ``{"router": [H, E], "gate"/"up": [E, H, F], "down": [E, F, H]}``
+    (``None`` where a tensor is missing; ``take`` records it)."""
+    H, F, E = spec.hidden_size, spec.intermediate_size, spec.n_experts
+    block, router, names = _MOE_NAMES[spec.model_type]
+    w = take(f"{base}{block}.{router}.weight", (E, H))
+    out = {"router": None if w is None else w.T}
+    shapes = {"gate": (F, H), "up": (F, H), "down": (H, F)}
+    for role, name in names.items():
+        ws = [take(f"{base}{block}.experts.{e}.{name}.weight", shapes[role]) for e in range(E)]
+        out[role] = None if any(w is None for w in ws) else jnp.stack([w.T for w in ws])
+    return out
+
+
 def params_from_tensors(spec: DecoderSpec, tensors: dict, *, dtype: Any = None,
                         source: str = "checkpoint") -> dict:
     """The parameter pytree of ``spec`` from checkpoint ``tensors`` (cast to ``dtype``;
@@ -122,7 +143,10 @@ def params_from_tensors(spec: DecoderSpec, tensors: dict, *, dtype: Any = None,
             width = {"head": (hd, hd), "full": (q_out, kv_out)}[spec.qk_norm]
             put("q_norm", take(base + "self_attn.q_norm.weight", (width[0],)))
             put("k_norm", take(base + "self_attn.k_norm.weight", (width[1],)))
-        if spec.fused_gate_up:
+        if spec.n_experts:
+            for name, value in _experts(spec, take, base).items():
+                put(name, value)
+        elif spec.fused_gate_up:
             w = take(base + "mlp.gate_up_proj.weight", (2 * F, H))
             if w is not None:
                 put("gate", w[:F].T)
@@ -131,8 +155,9 @@ def params_from_tensors(spec: DecoderSpec, tensors: dict, *, dtype: Any = None,
             for name in ("gate", "up"):
                 w = take(base + f"mlp.{name}_proj.weight", (F, H))
                 put(name, None if w is None else w.T)
-        w = take(base + "mlp.down_proj.weight", (H, F))
-        put("down", None if w is None else w.T)
+        if not spec.n_experts:
+            w = take(base + "mlp.down_proj.weight", (H, F))
+            put("down", None if w is None else w.T)
         if spec.mlp_bias:
             for name, out in (("gate", F), ("up", F), ("down", H)):
                 put(f"{name}_bias", take(base + f"mlp.{name}_proj.bias", (out,)))

@@ -9,6 +9,10 @@ Parameters (``[L_layers, ...]`` stacked, weights stored ``[in, out]`` so ``x @ w
                 "down_bias", "q_norm", "k_norm", and the block norms "attn_in", "attn_out",
                 "mlp_in", "mlp_out" ([n, H])}}
 
+Mixture-of-experts layers (``spec.n_experts > 0``, :mod:`jaxattr.models.moe`) replace the
+dense MLP weights by ``"router": [n, H, E]``, ``"gate"/"up": [n, E, H, F]``,
+``"down": [n, E, F, H]``; the MoE output is the block's ``mlp_out`` site.
+
 The layers run under ``lax.scan`` (compile time does not grow with depth); a layer whose
 sites are patched with Python functions runs on its own between scanned segments. Sites
 (:mod:`jaxattr.internals.sites`) are applied by a ``hook(kind, value)`` callback: original
@@ -22,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from ..methods import deeplift_rules as rules
+from .moe import moe_mlp
 from .rope import apply_rope, rope_tables
 from .spec import DecoderSpec
 
@@ -137,6 +142,8 @@ def _attention(spec: DecoderSpec, p: dict, h, cos, sin, allowed, hook,
 
 
 def _mlp(spec: DecoderSpec, p: dict, h):
+    if spec.n_experts:
+        return moe_mlp(spec, p, h, act=_ACT[spec.act])
     gate, up = _linear(h, p, "gate"), _linear(h, p, "up")
     return _linear(rules.product(jnp.multiply, _ACT[spec.act](gate), up), p, "down")
 

@@ -15,7 +15,19 @@ qk_norm         per head (Qwen 3, Gemma 3), full width (OLMo 2)
 embed_scale     ``sqrt(H)`` in the forward (Gemma 1/2) or in the embedding module (Gemma 3)
 layer_window    per-layer sliding windows (Mistral, Qwen 2/3, Phi-3, Gemma 2/3, SmolLM 3)
 layer_rope      0 = no RoPE (SmolLM 3 NoPE layers), 1 = global RoPE, 2 = local RoPE (Gemma 3)
+n_experts       sparse mixture-of-experts MLPs (Mixtral, Qwen 3 MoE; 0: dense MLPs)
 ==============  ====================================================================
+
+Mixture of experts (``n_experts > 0``): every layer's MLP is ``n_experts`` SwiGLU experts of
+width ``intermediate_size`` and a router ``[H, n_experts]``; each token takes the softmax of its
+router logits over all experts (float32), keeps the ``experts_per_token`` largest, renormalises
+them to sum to 1 when ``norm_topk_prob`` (Mixtral always), and sums the selected experts'
+outputs weighted by them. ``router_jitter_noise`` multiplies the router input by uniform noise
+in PyTorch only in training mode; at inference (what jaxattr computes) it changes nothing, so it
+is accepted and ignored. ``output_router_logits`` only adds an auxiliary loss in training.
+Qwen 3 MoE layers that are dense (``mlp_only_layers``, ``decoder_sparse_step`` > 1) mixed with
+sparse ones are refused (the layers run stacked under one ``lax.scan``), as is Qwen 2 MoE
+(its shared expert with a sigmoid gate is not implemented).
 """
 from __future__ import annotations
 
@@ -23,12 +35,17 @@ import dataclasses
 import math
 from typing import Optional
 
-__all__ = ["DecoderSpec", "RopeSpec", "UnsupportedConfigError", "NATIVE_TYPES",
-           "spec_from_config"]
+__all__ = ["DecoderSpec", "RopeSpec", "UnsupportedConfigError", "NATIVE_TYPES", "REFUSED_TYPES",
+           "MOE_IMPLS", "spec_from_config"]
 
 #: ``model_type`` values the native family loads.
 NATIVE_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3",
-                "olmo2", "smollm3")
+                "olmo2", "smollm3", "mixtral", "qwen3_moe")
+#: ``model_type`` values routed to the native family only to be refused with a clear error
+#: (rather than reaching a transformers class that lacks them, or none).
+REFUSED_TYPES = ("qwen2_moe",)
+#: how the expert MLPs are computed (:func:`jaxattr.models.moe.moe_mlp`)
+MOE_IMPLS = ("dense", "ragged")
 
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh",
                 "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu",
@@ -86,6 +103,12 @@ class DecoderSpec:
       rope, rope_local: global and local rotary embeddings.
       layer_window: per layer, the sliding window (keys ``q - w < k <= q``) or ``None``.
       layer_rope: per layer, 0 (no RoPE), 1 (``rope``) or 2 (``rope_local``).
+      n_experts: experts per MoE layer (0: dense MLPs); experts_per_token: the top-k;
+        norm_topk_prob: renormalise the kept probabilities to sum to 1; moe_impl: ``"dense"``
+        (every expert on every token, weighted by a mostly-zero routing matrix; works under
+        ``vmap``) or ``"ragged"`` (tokens sorted by expert, ``jax.lax.ragged_dot``: only the
+        selected experts' FLOPs, but JAX 0.10 cannot ``vmap`` it, so IG and batched
+        cotangents need ``"dense"``).
     """
     model_type: str
     vocab_size: int
@@ -114,6 +137,10 @@ class DecoderSpec:
     rope_local: Optional[RopeSpec] = None
     layer_window: tuple = ()
     layer_rope: tuple = ()
+    n_experts: int = 0
+    experts_per_token: int = 0
+    norm_topk_prob: bool = True
+    moe_impl: str = "dense"
 
 
 def _freeze(value):
@@ -154,7 +181,7 @@ def _windows(config, kind: str) -> tuple:
     n = config.num_hidden_layers
     window = getattr(config, "sliding_window", None)
     types = getattr(config, "layer_types", None)
-    if kind in ("mistral", "phi3"):
+    if kind in ("mistral", "phi3", "mixtral", "qwen3_moe"):
         return (window,) * n
     if kind == "llama" or kind == "olmo2" or kind == "gemma":
         return (None,) * n
@@ -175,6 +202,36 @@ def _windows(config, kind: str) -> tuple:
     return out
 
 
+def _moe_fields(config, kind: str) -> dict:
+    """The mixture-of-experts fields of a Mixtral or Qwen 3 MoE config."""
+    n = config.num_hidden_layers
+    if kind == "mixtral":
+        experts, norm, width = config.num_local_experts, True, config.intermediate_size
+        sparse = [True] * n
+    else:
+        experts, norm = config.num_experts, bool(config.norm_topk_prob)
+        width = config.moe_intermediate_size
+        step = getattr(config, "decoder_sparse_step", 1)
+        only = list(getattr(config, "mlp_only_layers", None) or [])
+        if experts > 0 and (not isinstance(step, int) or step < 1):
+            raise _err(config, "decoder_sparse_step", step, "it must be a positive integer.")
+        sparse = [experts > 0 and i not in only and (i + 1) % step == 0 for i in range(n)]
+        if not any(sparse):     # every layer dense: the Qwen 3 computation
+            return {}
+        if not all(sparse):
+            dense = [i for i in range(n) if not sparse[i]]
+            field = ("mlp_only_layers", only) if only else ("decoder_sparse_step", step)
+            raise _err(config, field[0], field[1],
+                       f"layers {dense} would be dense and the others sparse; mixed dense and "
+                       "sparse layers are not implemented (the layers run stacked under one "
+                       "lax.scan).")
+    k = config.num_experts_per_tok
+    if not 1 <= k <= experts:
+        raise _err(config, "num_experts_per_tok", k, f"it must be in [1, {experts}].")
+    return dict(n_experts=int(experts), experts_per_token=int(k), norm_topk_prob=norm,
+                intermediate_size=int(width))
+
+
 def spec_from_config(config) -> DecoderSpec:
     """The :class:`DecoderSpec` of a ``transformers`` config (``AutoConfig``) of a family in
     :data:`NATIVE_TYPES`.
@@ -185,6 +242,10 @@ def spec_from_config(config) -> DecoderSpec:
         names the field.
     """
     kind = getattr(config, "model_type", None)
+    if kind == "qwen2_moe":
+        raise _err(config, "shared_expert_intermediate_size",
+                   getattr(config, "shared_expert_intermediate_size", None),
+                   "Qwen 2 MoE adds a shared expert gated by a sigmoid to every sparse layer.")
     if kind not in NATIVE_TYPES:
         raise UnsupportedConfigError(
             f"model_type {kind!r} is not a native family; native families: "
@@ -234,9 +295,11 @@ def spec_from_config(config) -> DecoderSpec:
         fields["attn_bias"] = ("q", "k", "v")
     if kind == "phi3":
         fields.update(fused_qkv=True, fused_gate_up=True, attn_bias=())
-    if kind in ("mistral",):
+    if kind in ("mistral", "mixtral"):
         fields["attn_bias"] = ()
-    if kind in ("qwen3", "gemma3_text"):
+    if kind in ("mixtral", "qwen3_moe"):
+        fields.update(_moe_fields(config, kind))
+    if kind in ("qwen3", "gemma3_text", "qwen3_moe"):
         fields["qk_norm"] = "head"
     if kind == "olmo2":
         fields.update(qk_norm="full", norms=("attn_out", "mlp_out"))

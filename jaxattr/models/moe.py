@@ -1,0 +1,106 @@
+"""Sparse mixture-of-experts MLPs (Mixtral, Qwen 3 MoE) as pure functions.
+
+One layer's parameters (stacked ``[n_layers, ...]`` in the model tree, weights ``[in, out]``)::
+
+    {"router": [H, E], "gate": [E, H, F], "up": [E, H, F], "down": [E, F, H]}
+
+Routing follows transformers' PyTorch classes exactly: router logits ``h @ router`` in the
+activation dtype, softmax over all ``E`` experts in float32, the ``k`` largest kept
+(``lax.top_k``; ties go to the lower index, as ``torch.topk`` on CPU in practice), renormalised
+to sum to 1 when ``spec.norm_topk_prob``, cast back; the output is the routing-weighted sum of
+the selected experts' ``down(act(gate(h)) * up(h))``.
+
+Two exact formulations of the same function (:func:`moe_mlp` picks ``spec.moe_impl``):
+
+* ``"dense"``: every expert on every token, weighted by the ``[..., E]`` routing matrix that is
+  zero off the selected experts (``E / k`` times the MLP FLOPs of the sparse computation). It
+  is an ordinary einsum, so it works under ``jit``, ``grad`` and ``vmap`` (IG steps and
+  one-hot cotangents are vmapped through the forward).
+* ``"ragged"``: the ``N·k`` (token, expert) assignments sorted by expert and multiplied group by
+  group with ``jax.lax.ragged_dot`` (only the selected experts' FLOPs), scattered back with
+  ``.at[].add``. It differentiates under ``jit``, but JAX 0.10.2 has no batching rule for
+  ``ragged_dot`` with unbatched expert weights (``NotImplementedError: ragged_dot vmap over any
+  dim but 0``), so it serves plain forwards (logits, captures, patches) only.
+
+Routing is piecewise: the gradient treats the selected experts as constants (as PyTorch's
+autograd does); DeepLIFT's rescale rules do not cover a discrete choice, so the paired DeepLIFT
+forward refuses MoE layers.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from ..methods import deeplift_rules as rules
+from .spec import MOE_IMPLS, DecoderSpec
+
+__all__ = ["route", "routing_matrix", "moe_dense", "moe_ragged", "moe_mlp"]
+
+
+def route(spec: DecoderSpec, router: jax.Array, h: jax.Array):
+    """The routing of tokens ``h [..., H]`` by ``router [H, E]``.
+
+    Returns:
+      ``(weights [..., k], experts [..., k] int32)``: the kept (renormalised when
+      ``spec.norm_topk_prob``) probabilities in ``h``'s dtype and the experts' indices, largest
+      first.
+    """
+    probs = jax.nn.softmax((h @ router).astype(jnp.float32), axis=-1)
+    top, experts = jax.lax.top_k(probs, spec.experts_per_token)
+    if spec.norm_topk_prob:
+        top = top / jnp.sum(top, axis=-1, keepdims=True)
+    return top.astype(h.dtype), experts.astype(jnp.int32)
+
+
+def routing_matrix(spec: DecoderSpec, router: jax.Array, h: jax.Array) -> jax.Array:
+    """``[..., E]``: each token's routing weight per expert (zero off the selected ones)."""
+    weights, experts = route(spec, router, h)
+    onehot = jax.nn.one_hot(experts, spec.n_experts, dtype=weights.dtype)    # [..., k, E]
+    return jnp.einsum("...k,...ke->...e", weights, onehot)
+
+
+def moe_dense(spec: DecoderSpec, p: dict, h: jax.Array, *, act: Callable) -> jax.Array:
+    """``[..., H]``: every expert on every token ``h [..., H]``, weighted by
+    :func:`routing_matrix`."""
+    r = routing_matrix(spec, p["router"], h)
+    gate = jnp.einsum("...h,ehf->...ef", h, p["gate"])
+    up = jnp.einsum("...h,ehf->...ef", h, p["up"])
+    return jnp.einsum("...ef,...e,efh->...h", act(gate) * up, r, p["down"])
+
+
+def moe_ragged(spec: DecoderSpec, p: dict, h: jax.Array, *, act: Callable) -> jax.Array:
+    """``[..., H]``: the selected experts only, grouped by expert with
+    ``jax.lax.ragged_dot`` (not ``vmap``-able in JAX 0.10.2; see the module docstring)."""
+    shape, k = h.shape, spec.experts_per_token
+    x = h.reshape(-1, shape[-1])                                  # [N, H]
+    weights, experts = route(spec, p["router"], x)                # [N, k]
+    flat = experts.reshape(-1)                                    # [N k]
+    order = jnp.argsort(flat, stable=True)                        # assignments by expert
+    token = order // k
+    sizes = jnp.bincount(flat, length=spec.n_experts).astype(jnp.int32)
+    xs = x[token]                                                 # [N k, H]
+    gate = jax.lax.ragged_dot(xs, p["gate"], sizes)
+    up = jax.lax.ragged_dot(xs, p["up"], sizes)
+    ys = jax.lax.ragged_dot(act(gate) * up, p["down"], sizes)     # [N k, H]
+    ys = ys * weights.reshape(-1)[order][:, None]
+    return jnp.zeros_like(x).at[token].add(ys).reshape(shape)
+
+
+def moe_mlp(spec: DecoderSpec, p: dict, h: jax.Array, *, act: Callable) -> jax.Array:
+    """The MoE MLP of ``h [B, L, H]`` in the formulation ``spec.moe_impl`` -> ``[B, L, H]``.
+
+    Raises:
+      ValueError: ``spec.moe_impl`` unknown, or called inside DeepLIFT's paired forward.
+    """
+    if rules.active():
+        raise ValueError("method='deeplift' (rescale rules) does not cover mixture-of-experts "
+                         "routing (a discrete top-k choice that can differ between the input "
+                         "and the baseline); use integrated_gradients or another method on "
+                         f"{spec.model_type}.")
+    if spec.moe_impl == "dense":
+        return moe_dense(spec, p, h, act=act)
+    if spec.moe_impl == "ragged":
+        return moe_ragged(spec, p, h, act=act)
+    raise ValueError(f"DecoderSpec.moe_impl={spec.moe_impl!r}: use one of {list(MOE_IMPLS)}.")
