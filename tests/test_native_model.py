@@ -202,7 +202,7 @@ BAD_CONFIGS = [
     ("gemma3_text", "use_bidirectional_attention", True),
     ("gemma3_text", "layer_types", ["chunked_attention", "full_attention", "full_attention"]),
     ("phi3", "rope_scaling", {"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}),
-    ("llama", "model_type", "mixtral"),
+    ("llama", "model_type", "dbrx"),
 ]
 
 

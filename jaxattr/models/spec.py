@@ -205,12 +205,19 @@ def _windows(config, kind: str) -> tuple:
 def _moe_fields(config, kind: str) -> dict:
     """The mixture-of-experts fields of a Mixtral or Qwen 3 MoE config."""
     n = config.num_hidden_layers
+
+    def need(field):
+        value = getattr(config, field, None)
+        if value is None:
+            raise _err(config, field, None, f"a {kind} config needs it.")
+        return value
+
     if kind == "mixtral":
-        experts, norm, width = config.num_local_experts, True, config.intermediate_size
+        experts, norm, width = need("num_local_experts"), True, config.intermediate_size
         sparse = [True] * n
     else:
-        experts, norm = config.num_experts, bool(config.norm_topk_prob)
-        width = config.moe_intermediate_size
+        experts, norm = need("num_experts"), bool(getattr(config, "norm_topk_prob", False))
+        width = need("moe_intermediate_size")
         step = getattr(config, "decoder_sparse_step", 1)
         only = list(getattr(config, "mlp_only_layers", None) or [])
         if experts > 0 and (not isinstance(step, int) or step < 1):
@@ -225,7 +232,7 @@ def _moe_fields(config, kind: str) -> dict:
                        f"layers {dense} would be dense and the others sparse; mixed dense and "
                        "sparse layers are not implemented (the layers run stacked under one "
                        "lax.scan).")
-    k = config.num_experts_per_tok
+    k = need("num_experts_per_tok")
     if not 1 <= k <= experts:
         raise _err(config, "num_experts_per_tok", k, f"it must be in [1, {experts}].")
     return dict(n_experts=int(experts), experts_per_token=int(k), norm_topk_prob=norm,
