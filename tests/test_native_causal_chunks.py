@@ -35,6 +35,7 @@ def _same(a, b, tol=1e-5):
     ("gemma2", "input_x_gradient", {}),           # soft-caps, windows, post-norms
     ("gemma3_text", "saliency", {}),              # embedding scale in the lookup
     ("mistral", "saliency", {}),                  # window shorter than the input
+    ("mixtral", "input_x_gradient", {}),          # token-wise MoE MLPs in position blocks
 ])
 def test_exact_equals_one_pass(family, method, kw):
     model = _model(family)

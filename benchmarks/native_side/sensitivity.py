@@ -3,7 +3,7 @@ PyTorch record fail (max |logit error| at real positions > 1e-4).
 
 Run from the repository root with jaxattr's environment (no torch):
 
-    PYTHONPATH=$PWD python benchmarks/native_side/sensitivity.py
+    PYTHONPATH=$PWD python benchmarks/native_side/sensitivity.py [family ...]
 
 For each family it loads the committed checkpoint, perturbs one field of the static
 :class:`~jaxattr.models.DecoderSpec` (or drops one group of parameters) at a time, and prints a
@@ -91,6 +91,16 @@ def toggles(spec, params):
             lay["q_bias"] = lay["q_bias"][..., cols]
         lay["o"] = lay["o"][:, cols]
         out["GQA head grouping"] = (spec, {**params, "layers": lay})
+    if spec.n_experts:
+        # top-k routing: renormalising the kept probabilities or not, k itself, and the expert
+        # order (expert e reads router column e)
+        out[f"norm_topk_prob ({spec.norm_topk_prob})"] = (
+            rep(spec, norm_topk_prob=not spec.norm_topk_prob), params)
+        out[f"top-{spec.experts_per_token} routing (top-1)"] = (
+            rep(spec, experts_per_token=1), params)
+        lay = dict(layers)
+        lay["router"] = lay["router"][..., ::-1]
+        out["router column order"] = (spec, {**params, "layers": lay})
     return out
 
 
@@ -104,7 +114,7 @@ def main():
     def logits(fns, ids, mask):
         return fns.logits(target_ids=ids, target_mask=mask)
 
-    for family in sorted(os.listdir(ckpt)):
+    for family in sys.argv[1:] or sorted(os.listdir(ckpt)):
         model = jaxattr.load_model(os.path.join(ckpt, family))
         rec = np.load(os.path.join(ckpt, family, "record.npz"))
         ids, mask = jnp.asarray(rec["ids"]), jnp.asarray(rec["mask"])
