@@ -10,5 +10,5 @@ from .spec import (MOE_IMPLS, NATIVE_TYPES, REFUSED_TYPES, DecoderSpec, RopeSpec
                    UnsupportedConfigError, spec_from_config)
 
 __all__ = ["CheckpointError", "DecoderSpec", "MOE_IMPLS", "NATIVE_TYPES", "NativeDecoder",
-           "NativeModel", "REFUSED_TYPES", "RopeSpec", "UnsupportedConfigError", "load_native", "params_from_tensors",
-           "read_tensors", "spec_from_config"]
+           "NativeModel", "REFUSED_TYPES", "RopeSpec", "UnsupportedConfigError", "load_native",
+           "params_from_tensors", "read_tensors", "spec_from_config"]
