@@ -265,6 +265,46 @@ def test_mlp_out_site_is_the_moe_output():
     assert np.abs(np.asarray(zero) - rec["logits_batch"]).max() > 1e-2
 
 
+def test_router_probs_site():
+    """``blocks.{l}.router_probs`` is the router's softmax (recomputed here in NumPy from the
+    captured residual stream), and patching it steers the routing: a one-hot on expert 0 makes
+    the MLP output expert 0's SwiGLU alone (Mixtral renormalises: weight 1 on expert 0, 0 on
+    the runner-up)."""
+    model, rec, _ = _load("mixtral")
+    fns = model.adapter
+    assert "blocks.1.router_probs" in model.sites()
+    assert "blocks.1.router_probs" not in _load_dense_sites()
+    ids, mask = jnp.asarray(rec["ids"]), jnp.asarray(rec["mask"])
+    sites = ("blocks.1.resid_pre", "blocks.1.attn_out", "blocks.1.router_probs",
+             "blocks.1.mlp_out")
+    L = fns.params["layers"]
+    eps = fns.spec.norm_eps
+
+    def mlp_in(c):
+        x = np.asarray(c["blocks.1.resid_pre"] + c["blocks.1.attn_out"], np.float64)
+        return x / np.sqrt(np.mean(x * x, -1, keepdims=True) + eps) * np.asarray(L["mlp_in"][1])
+
+    c = fns.forward(target_ids=ids, target_mask=mask, capture=sites)["captured"]
+    z = mlp_in(c) @ np.asarray(L["router"][1], np.float64)
+    probs = np.exp(z - z.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    assert c["blocks.1.router_probs"].shape == ids.shape + (4,)
+    np.testing.assert_allclose(np.asarray(c["blocks.1.router_probs"]), probs, atol=1e-5)
+
+    onehot = jnp.zeros(ids.shape + (4,)).at[..., 0].set(1.0)
+    c = fns.forward(target_ids=ids, target_mask=mask, capture=sites,
+                    patch={"blocks.1.router_probs": lambda v: onehot})["captured"]
+    h = mlp_in(c)
+    g = h @ np.asarray(L["gate"][1, 0], np.float64)
+    want = (g / (1 + np.exp(-g)) * (h @ np.asarray(L["up"][1, 0], np.float64))) \
+        @ np.asarray(L["down"][1, 0], np.float64)
+    np.testing.assert_allclose(np.asarray(c["blocks.1.mlp_out"]), want, atol=1e-5)
+
+
+def _load_dense_sites():
+    return jaxattr.load_model(os.path.join(CKPT, "mistral")).sites()
+
+
 def test_deeplift_rescale_refuses_moe():
     model, _, texts = _load("mixtral")
     with pytest.raises(ValueError, match="mixture-of-experts"):

@@ -9,6 +9,9 @@ module paths::
     blocks.{l}.value               self-attention value vectors, all
                                    (key-value) heads side by side         [B, L, kv_heads*d_head]
     blocks.{l}.attn_out            attention sublayer output, as added    [B, L, H]
+    blocks.{l}.router_probs        mixture-of-experts models only: the
+                                   router's softmax over the experts,
+                                   before top-k (float32)                 [B, L, experts]
     blocks.{l}.mlp_out             MLP sublayer output, as added          [B, L, H]
     blocks.{l}.resid_post          residual stream leaving block l        [B, L, H]
     blocks.{l}.attn_pattern        attention weights (capture only)       [B, heads, L, L]
@@ -36,12 +39,16 @@ import fnmatch
 import re
 from typing import Iterable, Optional, Sequence, Union
 
-__all__ = ["Site", "SiteError", "BLOCK_KINDS", "CAPTURE_ONLY", "parse_site", "site_names",
+__all__ = ["Site", "SiteError", "BLOCK_KINDS", "MOE_KINDS", "CAPTURE_ONLY", "parse_site",
+           "site_names",
            "resolve_sites", "is_raw_path", "summarize"]
 
 #: Per-block site kinds in their canonical order.
 BLOCK_KINDS = ("resid_pre", "value", "attn_pattern", "head_out", "attn_out", "cross_attn_out",
-               "mlp_out", "resid_post")
+               "router_probs", "mlp_out", "resid_post")
+#: Kinds only mixture-of-experts models have (not in :func:`site_names`' default).
+MOE_KINDS = ("router_probs",)
+_DEFAULT_KINDS = tuple(k for k in BLOCK_KINDS if k not in MOE_KINDS)
 #: Kinds that can be captured but not patched or given a delta.
 CAPTURE_ONLY = frozenset({"attn_pattern"})
 _STACKS = ("encoder", "decoder")
@@ -106,14 +113,15 @@ def parse_site(name: str) -> Site:
     return Site(stack=m["stack"], layer=layer, kind=m["top"] or m["kind"])
 
 
-def site_names(n_layers: Union[int, dict], *, kinds: Sequence[str] = BLOCK_KINDS,
+def site_names(n_layers: Union[int, dict], *, kinds: Sequence[str] = _DEFAULT_KINDS,
                final_norm: Union[bool, dict] = True) -> tuple:
     """Every site name of a model, in canonical order.
 
     Args:
       n_layers: number of blocks (decoder-only), or ``{"encoder": n, "decoder": m}``.
       kinds: the per-block kinds the model offers (``cross_attn_out`` is only ever listed for
-        a decoder stack of an encoder-decoder model).
+        a decoder stack of an encoder-decoder model); default every kind but
+        :data:`MOE_KINDS`.
       final_norm: whether the stack ends in a norm whose output is offered as ``final_norm``
         (per stack with a dict).
 

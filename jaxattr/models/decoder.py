@@ -11,7 +11,8 @@ Parameters (``[L_layers, ...]`` stacked, weights stored ``[in, out]`` so ``x @ w
 
 Mixture-of-experts layers (``spec.n_experts > 0``, :mod:`jaxattr.models.moe`) replace the
 dense MLP weights by ``"router": [n, H, E]``, ``"gate"/"up": [n, E, H, F]``,
-``"down": [n, E, F, H]``; the MoE output is the block's ``mlp_out`` site.
+``"down": [n, E, F, H]``; the MoE output is the block's ``mlp_out`` site and the router's
+softmax its ``router_probs`` site ``[B, L, E]``.
 
 The layers run under ``lax.scan`` (compile time does not grow with depth); a layer whose
 sites are patched with Python functions runs on its own between scanned segments. Sites
@@ -141,9 +142,9 @@ def _attention(spec: DecoderSpec, p: dict, h, cos, sin, allowed, hook,
     return out if past is None else (out, (k, v, q, probs[..., :past.k.shape[1]]))
 
 
-def _mlp(spec: DecoderSpec, p: dict, h):
+def _mlp(spec: DecoderSpec, p: dict, h, hook):
     if spec.n_experts:
-        return moe_mlp(spec, p, h, act=_ACT[spec.act])
+        return moe_mlp(spec, p, h, act=_ACT[spec.act], hook=hook)
     gate, up = _linear(h, p, "gate"), _linear(h, p, "up")
     return _linear(rules.product(jnp.multiply, _ACT[spec.act](gate), up), p, "down")
 
@@ -161,7 +162,7 @@ def _block(spec: DecoderSpec, p: dict, x, cos, sin, allowed, hook,
         a = rms_norm(a, p["attn_out"], spec)
     x = x + hook("attn_out", a)
     h = rms_norm(x, p["mlp_in"], spec) if "mlp_in" in spec.norms else x
-    m = _mlp(spec, p, h)
+    m = _mlp(spec, p, h, hook)
     if "mlp_out" in spec.norms:
         m = rms_norm(m, p["mlp_out"], spec)
     x = x + hook("mlp_out", m)

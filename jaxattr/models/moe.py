@@ -39,8 +39,15 @@ from .spec import MOE_IMPLS, DecoderSpec
 __all__ = ["route", "routing_matrix", "moe_dense", "moe_ragged", "moe_mlp"]
 
 
-def route(spec: DecoderSpec, router: jax.Array, h: jax.Array):
+def _same(kind, value):
+    return value
+
+
+def route(spec: DecoderSpec, router: jax.Array, h: jax.Array, hook: Callable = _same):
     """The routing of tokens ``h [..., H]`` by ``router [H, E]``.
+
+    ``hook("router_probs", probs [..., E])`` sees (and may replace) the float32 softmax before
+    the top-k: the ``blocks.{l}.router_probs`` site.
 
     Returns:
       ``(weights [..., k], experts [..., k] int32)``: the kept (renormalised when
@@ -48,35 +55,39 @@ def route(spec: DecoderSpec, router: jax.Array, h: jax.Array):
       first.
     """
     probs = jax.nn.softmax((h @ router).astype(jnp.float32), axis=-1)
+    probs = hook("router_probs", probs)
     top, experts = jax.lax.top_k(probs, spec.experts_per_token)
     if spec.norm_topk_prob:
         top = top / jnp.sum(top, axis=-1, keepdims=True)
     return top.astype(h.dtype), experts.astype(jnp.int32)
 
 
-def routing_matrix(spec: DecoderSpec, router: jax.Array, h: jax.Array) -> jax.Array:
+def routing_matrix(spec: DecoderSpec, router: jax.Array, h: jax.Array,
+                   hook: Callable = _same) -> jax.Array:
     """``[..., E]``: each token's routing weight per expert (zero off the selected ones)."""
-    weights, experts = route(spec, router, h)
+    weights, experts = route(spec, router, h, hook)
     onehot = jax.nn.one_hot(experts, spec.n_experts, dtype=weights.dtype)    # [..., k, E]
     return jnp.einsum("...k,...ke->...e", weights, onehot)
 
 
-def moe_dense(spec: DecoderSpec, p: dict, h: jax.Array, *, act: Callable) -> jax.Array:
+def moe_dense(spec: DecoderSpec, p: dict, h: jax.Array, *, act: Callable,
+              hook: Callable = _same) -> jax.Array:
     """``[..., H]``: every expert on every token ``h [..., H]``, weighted by
     :func:`routing_matrix`."""
-    r = routing_matrix(spec, p["router"], h)
+    r = routing_matrix(spec, p["router"], h, hook)
     gate = jnp.einsum("...h,ehf->...ef", h, p["gate"])
     up = jnp.einsum("...h,ehf->...ef", h, p["up"])
     return jnp.einsum("...ef,...e,efh->...h", act(gate) * up, r, p["down"])
 
 
-def moe_ragged(spec: DecoderSpec, p: dict, h: jax.Array, *, act: Callable) -> jax.Array:
+def moe_ragged(spec: DecoderSpec, p: dict, h: jax.Array, *, act: Callable,
+               hook: Callable = _same) -> jax.Array:
     """``[..., H]``: the selected experts only, grouped by expert with
     ``jax.lax.ragged_dot`` (not ``vmap``-able in JAX 0.10.2; see the module docstring)."""
     shape, k = h.shape, spec.experts_per_token
     x = h.reshape(-1, shape[-1])                                  # [N, H]
-    weights, experts = route(spec, p["router"], x)                # [N, k]
-    flat = experts.reshape(-1)                                    # [N k]
+    weights, experts = route(spec, p["router"], h, hook)          # [..., k]
+    weights, flat = weights.reshape(-1), experts.reshape(-1)      # [N k]
     order = jnp.argsort(flat, stable=True)                        # assignments by expert
     token = order // k
     sizes = jnp.bincount(flat, length=spec.n_experts).astype(jnp.int32)
@@ -84,12 +95,14 @@ def moe_ragged(spec: DecoderSpec, p: dict, h: jax.Array, *, act: Callable) -> ja
     gate = jax.lax.ragged_dot(xs, p["gate"], sizes)
     up = jax.lax.ragged_dot(xs, p["up"], sizes)
     ys = jax.lax.ragged_dot(act(gate) * up, p["down"], sizes)     # [N k, H]
-    ys = ys * weights.reshape(-1)[order][:, None]
+    ys = ys * weights[order][:, None]
     return jnp.zeros_like(x).at[token].add(ys).reshape(shape)
 
 
-def moe_mlp(spec: DecoderSpec, p: dict, h: jax.Array, *, act: Callable) -> jax.Array:
-    """The MoE MLP of ``h [B, L, H]`` in the formulation ``spec.moe_impl`` -> ``[B, L, H]``.
+def moe_mlp(spec: DecoderSpec, p: dict, h: jax.Array, *, act: Callable,
+            hook: Callable = _same) -> jax.Array:
+    """The MoE MLP of ``h [B, L, H]`` in the formulation ``spec.moe_impl`` -> ``[B, L, H]``;
+    ``hook(kind, value)`` receives the ``router_probs`` ``[B, L, E]`` (see :func:`route`).
 
     Raises:
       ValueError: ``spec.moe_impl`` unknown, or called inside DeepLIFT's paired forward.
@@ -100,7 +113,7 @@ def moe_mlp(spec: DecoderSpec, p: dict, h: jax.Array, *, act: Callable) -> jax.A
                          "and the baseline); use integrated_gradients or another method on "
                          f"{spec.model_type}.")
     if spec.moe_impl == "dense":
-        return moe_dense(spec, p, h, act=act)
+        return moe_dense(spec, p, h, act=act, hook=hook)
     if spec.moe_impl == "ragged":
-        return moe_ragged(spec, p, h, act=act)
+        return moe_ragged(spec, p, h, act=act, hook=hook)
     raise ValueError(f"DecoderSpec.moe_impl={spec.moe_impl!r}: use one of {list(MOE_IMPLS)}.")

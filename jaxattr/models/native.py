@@ -19,6 +19,9 @@ from .spec import DecoderSpec, spec_from_config
 __all__ = ["NativeDecoder", "NativeModel", "load_native"]
 
 _KINDS = ("resid_pre", "value", "attn_pattern", "head_out", "attn_out", "mlp_out", "resid_post")
+#: mixture-of-experts models add the router's probabilities before the MLP output
+_MOE_KINDS = ("resid_pre", "value", "attn_pattern", "head_out", "attn_out", "router_probs",
+              "mlp_out", "resid_post")
 
 
 class NativeDecoder(struct.PyTreeNode):
@@ -50,7 +53,8 @@ class NativeDecoder(struct.PyTreeNode):
 
     def sites(self) -> tuple:
         """Every site name, in canonical order."""
-        return site_names(self.spec.n_layers, kinds=_KINDS)
+        return site_names(self.spec.n_layers,
+                          kinds=_MOE_KINDS if self.spec.n_experts else _KINDS)
 
     def logits(self, **kwargs) -> jax.Array:
         """``forward(**kwargs)["logits"]``."""
