@@ -134,8 +134,8 @@ def test_dense_vmaps_cotangents_like_a_loop():
 
 def test_ragged_cannot_vmap_in_this_jax():
     """Why ``"dense"`` is the default: JAX 0.10.2 has no batching rule for ``ragged_dot`` with
-    unbatched expert weights. If this starts passing through, ``"ragged"`` can become the
-    default (it uses only the selected experts' FLOPs)."""
+    unbatched expert weights. If this starts passing through, ``"ragged"`` can serve
+    attribution too (where its lowering skips the unselected experts; on CPU it does not)."""
     spec, p, h = _tiny(True)
     with pytest.raises(NotImplementedError, match="ragged_dot"):
         jax.vmap(lambda h: moe_ragged(spec, p, h, act=jax.nn.silu))(jnp.stack([h, h]))

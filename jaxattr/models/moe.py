@@ -13,14 +13,16 @@ the selected experts' ``down(act(gate(h)) * up(h))``.
 Two exact formulations of the same function (:func:`moe_mlp` picks ``spec.moe_impl``):
 
 * ``"dense"``: every expert on every token, weighted by the ``[..., E]`` routing matrix that is
-  zero off the selected experts (``E / k`` times the MLP FLOPs of the sparse computation). It
+  zero off the selected experts (``E / k`` times the MLP FLOPs a grouped matmul needs). It
   is an ordinary einsum, so it works under ``jit``, ``grad`` and ``vmap`` (IG steps and
   one-hot cotangents are vmapped through the forward).
 * ``"ragged"``: the ``N·k`` (token, expert) assignments sorted by expert and multiplied group by
-  group with ``jax.lax.ragged_dot`` (only the selected experts' FLOPs), scattered back with
-  ``.at[].add``. It differentiates under ``jit``, but JAX 0.10.2 has no batching rule for
-  ``ragged_dot`` with unbatched expert weights (``NotImplementedError: ragged_dot vmap over any
-  dim but 0``), so it serves plain forwards (logits, captures, patches) only.
+  group with ``jax.lax.ragged_dot``, scattered back with ``.at[].add``. It differentiates
+  under ``jit``, but JAX 0.10.2 has no batching rule for ``ragged_dot`` with unbatched expert
+  weights (``NotImplementedError: ragged_dot vmap over any dim but 0``), so it serves plain
+  forwards and single gradients only; and XLA's CPU lowering computes every expert for every
+  sorted row (``k`` times the dense FLOPs; ``benchmarks/native_moe.py``). It is kept for
+  accelerators whose grouped-matmul lowering skips the unselected experts.
 
 Routing is piecewise: the gradient treats the selected experts as constants (as PyTorch's
 autograd does); DeepLIFT's rescale rules do not cover a discrete choice, so the paired DeepLIFT

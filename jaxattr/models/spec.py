@@ -106,9 +106,9 @@ class DecoderSpec:
       n_experts: experts per MoE layer (0: dense MLPs); experts_per_token: the top-k;
         norm_topk_prob: renormalise the kept probabilities to sum to 1; moe_impl: ``"dense"``
         (every expert on every token, weighted by a mostly-zero routing matrix; works under
-        ``vmap``) or ``"ragged"`` (tokens sorted by expert, ``jax.lax.ragged_dot``: only the
-        selected experts' FLOPs, but JAX 0.10 cannot ``vmap`` it, so IG and batched
-        cotangents need ``"dense"``).
+        ``vmap``) or ``"ragged"`` (tokens sorted by expert, ``jax.lax.ragged_dot``; JAX 0.10
+        cannot ``vmap`` it, so IG and batched cotangents need ``"dense"``, and on CPU it
+        costs more: :mod:`jaxattr.models.moe`).
     """
     model_type: str
     vocab_size: int
