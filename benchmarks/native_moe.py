@@ -1,5 +1,6 @@
 """Mixture-of-experts MLPs: the dense formulation (every expert on every token, the default)
-against the ragged one (tokens sorted by expert, ``jax.lax.ragged_dot``), side by side.
+against the ragged one (tokens sorted by expert, ``jax.lax.ragged_dot``) and the blocked one
+(sorted tokens in one-expert blocks under ``lax.scan``), side by side.
 
     PYTHONPATH=$PWD python benchmarks/native_moe.py [--experts 8] [--top-k 2] [--rounds 3]
 
@@ -71,7 +72,7 @@ def main():
     ids = jax.random.randint(jax.random.PRNGKey(1), (2, 128), 0, spec.vocab_size)
     mask = jnp.ones_like(ids)
     programs = {}
-    for impl in ("dense", "ragged"):
+    for impl in ("dense", "ragged", "blocked"):
         fns = NativeDecoder(params=params, spec=dataclasses.replace(spec, moe_impl=impl))
 
         def logits(x, fns=fns):
@@ -88,17 +89,19 @@ def main():
         out, rows[impl]["wall_fwd"], rows[impl]["cpu_fwd"] = timed(f, x, rounds=args.rounds)
         _, rows[impl]["wall_grad"], rows[impl]["cpu_grad"] = timed(g, x, rounds=args.rounds)
         rows[impl]["out"] = np.asarray(out)
-    d, r = rows["dense"], rows["ragged"]
+    d = rows["dense"]
     print(f"experts {args.experts}, top-{args.top_k}; load {os.getloadavg()[0]:.2f}")
-    print("| program | dense | ragged | dense / ragged |")
-    print("|---|---|---|---|")
+    print("| program | dense | ragged | blocked | dense / ragged | dense / blocked |")
+    print("|---|---|---|---|---|---|")
     for key, unit, scale in (("flops_fwd", "GFLOP", 1e-9), ("wall_fwd", "ms", 1e3),
                              ("cpu_fwd", "CPU ms", 1e3), ("flops_grad", "GFLOP", 1e-9),
                              ("wall_grad", "ms", 1e3), ("cpu_grad", "CPU ms", 1e3)):
-        print(f"| {key} ({unit}) | {d[key] * scale:.3g} | {r[key] * scale:.3g} | "
-              f"{d[key] / r[key]:.2f} |")
-    print(f"max |logit difference| {np.abs(d['out'] - r['out']).max():.2e}")
-
+        vals = [rows[i][key] for i in ("dense", "ragged", "blocked")]
+        print(f"| {key} ({unit}) | " + " | ".join(f"{v * scale:.3g}" for v in vals)
+              + f" | {vals[0] / vals[1]:.2f} | {vals[0] / vals[2]:.2f} |")
+    for impl in ("ragged", "blocked"):
+        print(f"max |logit difference| dense vs {impl} "
+              f"{np.abs(d['out'] - rows[impl]['out']).max():.2e}")
 
 if __name__ == "__main__":
     main()

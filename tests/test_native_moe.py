@@ -22,7 +22,7 @@ import pytest
 import jaxattr
 from jaxattr.models import (CheckpointError, NativeDecoder, UnsupportedConfigError,
                             params_from_tensors, read_tensors, spec_from_config)
-from jaxattr.models.moe import moe_dense, moe_mlp, moe_ragged
+from jaxattr.models.moe import moe_blocked, moe_dense, moe_mlp, moe_ragged
 from jaxattr.models.spec import DecoderSpec
 
 CKPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "native_side", "ckpt")
@@ -88,7 +88,7 @@ def _numpy_loop(p, h, k, norm):
 
 
 @pytest.mark.parametrize("norm", [True, False])
-@pytest.mark.parametrize("formulation", [moe_dense, moe_ragged])
+@pytest.mark.parametrize("formulation", [moe_dense, moe_ragged, moe_blocked])
 def test_formulations_equal_a_numpy_loop(formulation, norm):
     spec, p, h = _tiny(norm)
     want = _numpy_loop(p, h, 2, norm)
@@ -96,14 +96,15 @@ def test_formulations_equal_a_numpy_loop(formulation, norm):
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=1e-5)
 
 
-def test_dense_and_ragged_gradients_agree():
+@pytest.mark.parametrize("other", [moe_ragged, moe_blocked])
+def test_gradients_agree_with_dense(other):
     spec, p, h = _tiny(True, seed=1)
 
     def loss(fn):
         return jax.jit(jax.grad(lambda p, h: jnp.sum(jnp.sin(fn(spec, p, h, act=jax.nn.silu))),
                                 argnums=(0, 1)))
 
-    (gp_d, gh_d), (gp_r, gh_r) = loss(moe_dense)(p, h), loss(moe_ragged)(p, h)
+    (gp_d, gh_d), (gp_r, gh_r) = loss(moe_dense)(p, h), loss(other)(p, h)
     np.testing.assert_allclose(np.asarray(gh_d), np.asarray(gh_r), atol=1e-5, rtol=1e-5)
     for name in p:
         np.testing.assert_allclose(np.asarray(gp_d[name]), np.asarray(gp_r[name]), atol=1e-5,
@@ -116,10 +117,12 @@ def test_dense_and_ragged_gradients_agree():
     np.testing.assert_allclose(float(fd), float(jnp.vdot(gh_d, d)), rtol=1e-2)
 
 
-def test_dense_vmaps_cotangents_like_a_loop():
+@pytest.mark.parametrize("impl", ["dense", "blocked"])
+def test_vmaps_cotangents_like_a_loop(impl):
     """Attribution vmaps one-hot cotangents (and IG steps) through the forward: the vmapped
-    VJP of the dense formulation equals a Python loop of VJPs."""
+    VJP equals a Python loop of VJPs."""
     spec, p, h = _tiny(False, seed=2)
+    spec = dataclasses.replace(spec, moe_impl=impl)
     f = lambda h: moe_mlp(spec, p, h, act=jax.nn.silu)
     cts = jax.random.normal(jax.random.PRNGKey(4), (3,) + h.shape)
     _, vjp = jax.vjp(f, h)
@@ -143,13 +146,14 @@ def test_ragged_cannot_vmap_in_this_jax():
 
 # ---------------------------------------------------------------- checkpoints
 
+@pytest.mark.parametrize("impl", ["ragged", "blocked"])
 @pytest.mark.parametrize("family", MOE)
-def test_ragged_forward_equals_pytorch_too(family):
+def test_other_formulations_equal_pytorch_too(family, impl):
     model, rec, _ = _load(family)
     fns = model.adapter
-    assert fns.spec.moe_impl == "dense" and fns.spec.n_experts == 4
+    assert fns.spec.n_experts == 4
     ragged = NativeDecoder(params=fns.params, spec=dataclasses.replace(fns.spec,
-                                                                       moe_impl="ragged"))
+                                                                       moe_impl=impl))
     got = np.asarray(_logits(ragged, jnp.asarray(rec["ids"]), jnp.asarray(rec["mask"])))
     real = rec["mask"] > 0
     np.testing.assert_allclose(got[real], rec["logits_batch"][real], atol=1e-4, rtol=0)
@@ -229,7 +233,7 @@ def test_integrated_gradients_gap_is_the_routing_jumps():
 
     attr, delta = jaxattr.integrated_gradients(score, x, b, n_steps=256,
                                                return_convergence_delta=True)
-    grid = jnp.linspace(0.0, 1.0, 2001)
+    grid = jnp.linspace(0.0, 1.0, 1001)
     xs = b[None] + grid[:, None, None, None] * (x - b)[None]
     s = np.asarray(jax.lax.map(jax.jit(score), xs))[:, 0]
     direction = x - b
@@ -241,7 +245,7 @@ def test_integrated_gradients_gap_is_the_routing_jumps():
     smooth = 0.5 * (g[1:] + g[:-1]) * step          # trapezoid of the directional derivative
     jumps = (np.diff(s) - smooth)[switch]
     assert switch.sum() >= 2 and np.abs(jumps.sum()) > 0.05     # the path does switch
-    # measured: gap 1.091, jumps -1.086 (47 switching cells of 2000)
+    # measured: gap 1.091, jumps -1.089 (47 switching cells of 1000)
     assert abs(float(delta[0]) + jumps.sum()) <= 0.02 * np.abs(jumps.sum()) + 2e-3
     # off the switching cells the trapezoid explains the score's change (no hidden jump)
     assert np.abs(np.diff(s) - smooth)[~switch].max() < 1e-4

@@ -45,7 +45,7 @@ NATIVE_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3
 #: (rather than reaching a transformers class that lacks them, or none).
 REFUSED_TYPES = ("qwen2_moe",)
 #: how the expert MLPs are computed (:func:`jaxattr.models.moe.moe_mlp`)
-MOE_IMPLS = ("dense", "ragged")
+MOE_IMPLS = ("dense", "ragged", "blocked")
 
 _ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh",
                 "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu",
@@ -106,9 +106,10 @@ class DecoderSpec:
       n_experts: experts per MoE layer (0: dense MLPs); experts_per_token: the top-k;
         norm_topk_prob: renormalise the kept probabilities to sum to 1; moe_impl: ``"dense"``
         (every expert on every token, weighted by a mostly-zero routing matrix; works under
-        ``vmap``) or ``"ragged"`` (tokens sorted by expert, ``jax.lax.ragged_dot``; JAX 0.10
-        cannot ``vmap`` it, so IG and batched cotangents need ``"dense"``, and on CPU it
-        costs more: :mod:`jaxattr.models.moe`).
+        ``vmap``), ``"ragged"`` (tokens sorted by expert, ``jax.lax.ragged_dot``; JAX 0.10
+        cannot ``vmap`` it, and on CPU it costs more) or ``"blocked"`` (sorted tokens in
+        one-expert blocks under ``lax.scan``: fewer FLOPs, faster plain forwards);
+        :mod:`jaxattr.models.moe` compares them.
     """
     model_type: str
     vocab_size: int
