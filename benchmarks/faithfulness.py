@@ -20,7 +20,7 @@ Compile time (JAX's trace/lower/compile events) is reported apart from the rest 
 so on an accelerator, where compilation dominates a cold call, the device-side cost is visible:
 ``warm`` is the same call with every program already compiled. ``--json`` is rewritten after
 each timed call, so a run cut short keeps what it measured. ``--smoke`` runs the same code on
-the tiny 2-layer checkpoint with ``--n 4 --batch-size 2``. ``--side-python`` is the
+the tiny 2-layer checkpoint, by default with ``--n 4 --batch-size 2``. ``--side-python`` is the
 interpreter with torch that builds the checkpoint if it is absent (``_workload.py``).
 """
 from __future__ import annotations
@@ -52,8 +52,8 @@ def _timed(fn):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=100)
-    ap.add_argument("--batch-size", type=int, default=25)
+    ap.add_argument("--n", type=int, default=None, help="sequences (default 100; smoke 4)")
+    ap.add_argument("--batch-size", type=int, default=None, help="default 25; smoke 2")
     ap.add_argument("--max-tokens", type=int, default=16384)
     ap.add_argument("--length-step", type=int, default=None)
     ap.add_argument("--no-share", action="store_true")
@@ -61,10 +61,13 @@ def main(argv=None):
                     help="dry-run: tiny 2-layer model, --n 4 --batch-size 2")
     ap.add_argument("--side-python", default=SIDE_PY,
                     help="interpreter with torch, to build the checkpoint if absent")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the timed calls, one more warm evaluation under cProfile: "
+                         "host-side Python vs waiting for the device (device_get)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    if args.smoke:
-        args.n, args.batch_size = 4, 2
+    args.n = args.n or (4 if args.smoke else 100)
+    args.batch_size = args.batch_size or (2 if args.smoke else 25)
     if args.length_step:
         perturb.LENGTH_STEP = args.length_step
     ckpt = ensure_checkpoint(tiny=args.smoke, side_python=args.side_python)
@@ -146,9 +149,37 @@ def main(argv=None):
                                "warm": rest["faithfulness_warm"] / rest["saliency_warm"]},
         n_rows=int(n_rows), n_forwards=int(n_fwd), forward_tokens=int(tokens),
         padded_tokens=int(padded), n_programs=int(programs), means=means)
+    if args.profile:
+        record["profile"] = _profile(evaluate)
+        print(f"warm evaluation under cProfile: {record['profile']['total_s']:.2f} s, of which "
+              f"waiting for device results {record['profile']['device_wait_s']:.2f} s "
+              f"(host-side rest {record['profile']['host_s']:.2f} s); top functions by "
+              f"cumulative time:\n{record['profile']['top']}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(record, f, indent=1)
+
+
+def _profile(fn, n_top=15):
+    """One call of ``fn`` under cProfile: total seconds, seconds inside ``jax.device_get``
+    (waiting for the device's results, with the transfer), the rest (host-side Python) and
+    the top ``n_top`` functions by cumulative time."""
+    import cProfile
+    import io
+    import pstats
+    prof = cProfile.Profile()
+    t = time.perf_counter()
+    prof.enable()
+    _timed(fn)
+    prof.disable()
+    total = time.perf_counter() - t
+    stats = pstats.Stats(prof)
+    wait = sum(v[3] for k, v in stats.stats.items()
+               if k[2] == "device_get" or k[2] == "block_until_ready")
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("cumulative").print_stats(n_top)
+    top = "\n".join(l for l in buf.getvalue().splitlines() if l.strip())
+    return {"total_s": total, "device_wait_s": wait, "host_s": total - wait, "top": top}
 
 
 if __name__ == "__main__":

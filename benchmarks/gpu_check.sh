@@ -110,10 +110,10 @@ part() {
 }
 
 if [ "$MODE" = smoke ]; then
-  SMOKE=1; LENS_ARGS=(--smoke --layer-chunks 4,3); FAITH_ARGS=(--smoke); BENCH_ARGS=(--smoke)
+  SMOKE=1; LENS_ARGS=(--smoke --layer-chunks 4,3); FAITH_ARGS=(--smoke --profile); BENCH_ARGS=(--smoke)
   TEST_ARGS=(--co -q)   # collect only: checks the path and imports, not the 5 min of tests
 else
-  SMOKE=0; LENS_ARGS=(--steps 20 --repeats 20 --layer-chunks 4,13); FAITH_ARGS=(--n 100)
+  SMOKE=0; LENS_ARGS=(--steps 20 --repeats 20 --layer-chunks 4,13); FAITH_ARGS=(--n 100 --profile)
   BENCH_ARGS=(); TEST_ARGS=(-q)
 fi
 
