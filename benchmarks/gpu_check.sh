@@ -43,9 +43,10 @@
 # then give_back unless rerunning at once. Other modes: `core` (the old check: test subset +
 # device benchmark), `lens`, `faithfulness` (one part alone).
 #
-# ---- 3. a dry-run here (CPU, tiny sizes, the same code paths; ~3 min on 2 busy cores) -----
-#   PY=.venv/bin/python JAXATTR_SIDE_PYTHON=/work/inseq-venv/bin/python \
-#     OUT=/tmp/gpu-smoke bash benchmarks/gpu_check.sh smoke
+# ---- 3. a dry-run here (CPU, tiny sizes, the same code paths; ~2.5 min on 2 busy cores) ---
+#   PY=/work/main/.venv/bin/python OUT=/tmp/gpu-smoke bash benchmarks/gpu_check.sh smoke
+#   (the torch side then runs in $JAXATTR_SIDE_PYTHON, default /work/inseq-venv/bin/python;
+#   tests are only collected)
 set -uo pipefail
 MODE="${1:-all}"
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -53,6 +54,10 @@ cd "$ROOT" || exit 1
 PY="${PY:-python3}"
 WHEELS=(transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.0 tuned-lens==0.2.0)
 TOK_DIR=benchmarks/.cache/tokenizer
+case "$MODE" in
+  all|core|lens|faithfulness|smoke|prepare) ;;
+  *) echo "usage: gpu_check.sh [all|core|lens|faithfulness|smoke|prepare]"; exit 2 ;;
+esac
 
 if [ "$MODE" = prepare ]; then
   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
@@ -143,7 +148,7 @@ lens() {
 faithfulness() {
   part faithfulness 220 "$PY" benchmarks/faithfulness.py "${FAITH_ARGS[@]}" \
     --json "$OUT/faithfulness.json"
-  grep -E "ratio|^(wall|CPU) |perturbed inputs|compile \(trace" "$LOG" | tail -14 >>"$SUMMARY"
+  grep -E "ratio|^(wall|CPU) |perturbed inputs|compile \(trace|under cProfile" "$LOG" | tail -15 >>"$SUMMARY"
 }
 bench() {
   part bench 170 "$PY" benchmarks/device_bench.py "${BENCH_ARGS[@]}" --json "$OUT/bench.json"
@@ -155,8 +160,10 @@ tests() {
   JAX_DEFAULT_MATMUL_PRECISION=highest part tests 270 "$PY" -m pytest -p no:cacheprovider \
     "${TEST_ARGS[@]}" tests/test_functional.py tests/test_pipeline.py \
     tests/test_inseq_reference.py tests/test_contrast.py tests/test_separable.py
-  sed -n '/===== tests/,$p' "$LOG" | tail -25 >"$OUT/tests.txt"
-  tail -1 "$OUT/tests.txt" >>"$SUMMARY"
+  if grep -q "^===== tests" "$LOG"; then
+    sed -n '/^===== tests/,$p' "$LOG" | tail -25 >"$OUT/tests.txt"
+    tail -1 "$OUT/tests.txt" >>"$SUMMARY"
+  fi
 }
 checkpoint() {
   # the shared checkpoint, built by the side python from a seeded config and the carried
@@ -170,6 +177,5 @@ case "$MODE" in
   core) tests; bench ;;
   lens) checkpoint; lens ;;
   faithfulness) checkpoint; faithfulness ;;
-  *) echo "usage: gpu_check.sh [all|core|lens|faithfulness|smoke|prepare]"; exit 2 ;;
 esac
 say "done after $((SECONDS - START)) s; files: $(ls "$OUT" | tr '\n' ' ')"
