@@ -1,9 +1,18 @@
 """Shared workload of the benchmarks: the cached random GPT-2-124M checkpoint and the prompts.
 
-Imported by ``side_by_side.py``, ``_jaxattr_worker.py`` and ``device_bench.py`` (main venv;
-``matmul_flops_per_s`` is the one matmul-peak probe they share). The checkpoint is
-built once by ``inseq_side/make_bench_checkpoint.py`` in the side venv (it needs torch) and
-cached under ``benchmarks/.cache/`` (git-ignored).
+Imported by ``side_by_side.py``, ``_jaxattr_worker.py``, ``device_bench.py``, ``lens.py``,
+``faithfulness.py`` and others (main venv; ``matmul_flops_per_s`` is the one matmul-peak probe
+they share). The checkpoint is built once by ``inseq_side/make_bench_checkpoint.py`` with the
+side python (it needs torch) and cached under ``benchmarks/.cache/`` (git-ignored).
+
+The side python is ``$JAXATTR_SIDE_PYTHON``, else ``$INSEQ_PYTHON``, else
+``/work/inseq-venv/bin/python``; on the GPU machine, whose ``python3`` holds both JAX and torch,
+``benchmarks/gpu_check.sh`` sets ``JAXATTR_SIDE_PYTHON=python3``. The tokenizer is trained
+locally (1-2 min) unless one is found to copy: the 124M checkpoint's own, or an exported copy in
+``$JAXATTR_BENCH_TOKENIZER`` (default ``benchmarks/.cache/tokenizer``, which
+``gpu_check.sh prepare`` writes and a GPU call carries), so every machine tokenises the
+workload's passages alike. ``ensure_checkpoint(tiny=True)`` builds a 2-layer, 64-wide model
+with the same tokenizer (``gpt2-tiny-random``) for the ``--smoke`` dry-runs.
 """
 from __future__ import annotations
 
@@ -14,7 +23,10 @@ import subprocess
 HERE = os.path.dirname(os.path.abspath(__file__))
 CACHE = os.path.join(HERE, ".cache")
 CKPT = os.path.join(CACHE, "gpt2-124m-random")
-SIDE_PY = os.environ.get("INSEQ_PYTHON", "/work/inseq-venv/bin/python")
+TINY_CKPT = os.path.join(CACHE, "gpt2-tiny-random")
+TOKENIZER_DIR = os.environ.get("JAXATTR_BENCH_TOKENIZER", os.path.join(CACHE, "tokenizer"))
+SIDE_PY = (os.environ.get("JAXATTR_SIDE_PYTHON") or os.environ.get("INSEQ_PYTHON")
+           or "/work/inseq-venv/bin/python")
 
 PROMPT_TOKENS = 16
 CONT_TOKENS = 16
@@ -53,14 +65,36 @@ PASSAGES = [
 ]
 
 
-def ensure_checkpoint(verbose=True) -> str:
-    """Build the cached checkpoint (side venv, ~1 min) unless it exists; return its path."""
-    if not os.path.exists(os.path.join(CKPT, "model.safetensors")):
+def _tokenizer_source():
+    """A directory holding a ``tokenizer.json`` to copy into a new checkpoint, or ``None``."""
+    for d in (CKPT, TOKENIZER_DIR):
+        if os.path.exists(os.path.join(d, "tokenizer.json")):
+            return d
+    return None
+
+
+def ensure_checkpoint(verbose=True, *, tiny=False, side_python=None) -> str:
+    """Build the cached checkpoint unless it exists; return its path.
+
+    ``tiny``: the 2-layer, 64-wide smoke-test model instead of the GPT-2-124M-sized one.
+    ``side_python``: the interpreter with torch that builds it (default :data:`SIDE_PY`).
+    The tokenizer is copied from :func:`_tokenizer_source` when one exists (seconds), else
+    trained locally (1-2 min).
+    """
+    ckpt = TINY_CKPT if tiny else CKPT
+    if not os.path.exists(os.path.join(ckpt, "model.safetensors")):
+        py = side_python or SIDE_PY
+        cmd = [py, os.path.join(HERE, "inseq_side", "make_bench_checkpoint.py"), ckpt]
+        tok = _tokenizer_source()
+        if tok is not None and os.path.abspath(tok) != os.path.abspath(ckpt):
+            cmd += ["--tokenizer", tok]
+        if tiny:
+            cmd.append("--tiny")
         if verbose:
-            print(f"building {CKPT} with {SIDE_PY} (once, ~1 min) ...", flush=True)
-        subprocess.run([SIDE_PY, os.path.join(HERE, "inseq_side", "make_bench_checkpoint.py"),
-                        CKPT], check=True)
-    return CKPT
+            how = f"tokenizer from {tok}" if tok else "training the tokenizer, ~1 min"
+            print(f"building {ckpt} with {py} ({how}) ...", flush=True)
+        subprocess.run(cmd, check=True)
+    return ckpt
 
 
 def make_prompts(n=8, ckpt=CKPT):
@@ -101,8 +135,42 @@ def python_env():
     return env
 
 
-__all__ = ["CKPT", "CACHE", "SIDE_PY", "ensure_checkpoint", "make_prompts", "run_json",
-           "python_env"]
+__all__ = ["CKPT", "CACHE", "SIDE_PY", "TINY_CKPT", "TOKENIZER_DIR", "CompileClock",
+           "ensure_checkpoint", "make_prompts", "run_json", "python_env", "matmul_flops_per_s"]
+
+
+class CompileClock:
+    """Sums JAX's compile-time events (tracing, lowering, XLA backend compile) while it is
+    installed, so a benchmark can report device time apart from compilation.
+
+    ``clock = CompileClock.install(); ...; clock.take()`` returns the seconds spent since the
+    last ``take`` per event kind, plus ``"total"``. JAX has no way to remove a listener; one
+    clock per process is enough.
+    """
+
+    KEYS = ("jaxpr_trace_duration", "jaxpr_to_mlir_module_duration",
+            "backend_compile_duration")
+
+    def __init__(self):
+        self.seconds = {}
+
+    @classmethod
+    def install(cls):
+        import jax.monitoring
+        clock = cls()
+        jax.monitoring.register_event_duration_secs_listener(clock._event)
+        return clock
+
+    def _event(self, name, secs, **_):
+        key = name.rsplit("/", 1)[-1]
+        if key in self.KEYS:
+            self.seconds[key] = self.seconds.get(key, 0.0) + float(secs)
+
+    def take(self) -> dict:
+        out = {k: round(self.seconds.get(k, 0.0), 3) for k in self.KEYS}
+        out["total"] = round(sum(self.seconds.values()), 3)
+        self.seconds = {}
+        return out
 
 
 def matmul_flops_per_s(n: int = 2048, repeats: int = 10, dtype: str = "float32") -> float:

@@ -2,7 +2,8 @@
 
 Run in the SIDE env (torch + transformers + tokenizers), normally through side_by_side.py:
 
-    /work/inseq-venv/bin/python benchmarks/inseq_side/make_bench_checkpoint.py OUT_DIR
+    /work/inseq-venv/bin/python benchmarks/inseq_side/make_bench_checkpoint.py OUT_DIR \
+        [--tokenizer DIR] [--tiny]
 
 Creates OUT_DIR with
   * a byte-level BPE tokenizer (GPT2TokenizerFast) trained locally on text found on this
@@ -13,7 +14,12 @@ Creates OUT_DIR with
     (std 0.02, seed 0), saved as PyTorch ``model.safetensors``;
   * ``bench_meta.json``: tokenizer vocab size actually reached, corpus size, timings.
 
-Nothing is downloaded. Takes about 1-2 minutes on 2 CPU cores.
+``--tokenizer DIR`` copies the tokenizer saved in DIR (``tokenizer.json`` and its config; the
+GPU check carries the local one so both machines tokenise alike) instead of training one:
+seconds instead of minutes. ``--tiny`` makes a 2-layer, 64-wide, 2-head model (256 positions,
+same vocabulary) for the benchmarks' ``--smoke`` dry-runs.
+
+Nothing is downloaded. Takes about 1-2 minutes on 2 CPU cores (seconds with ``--tokenizer``).
 """
 from __future__ import annotations
 
@@ -43,13 +49,11 @@ def iter_text(files):
             continue
 
 
-def main(out_dir):
-    import torch
+def train_tokenizer(out_dir):
+    """``(tokenizer, corpus files, corpus characters)``: a byte-level BPE trained locally."""
     from tokenizers import ByteLevelBPETokenizer
-    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+    from transformers import GPT2TokenizerFast
 
-    os.makedirs(out_dir, exist_ok=True)
-    t0 = time.time()
     files = corpus_files()
     n_chars = sum(len(t) for t in iter_text(files))
     bpe = ByteLevelBPETokenizer()
@@ -62,17 +66,36 @@ def main(out_dir):
                             merges_file=os.path.join(tok_dir, "merges.txt"),
                             bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                             unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+    return tok, len(files), n_chars
+
+
+TINY = dict(n_layer=2, n_embd=64, n_head=2, n_positions=256)
+
+
+def main(out_dir, tokenizer_dir=None, tiny=False):
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    os.makedirs(out_dir, exist_ok=True)
+    t0 = time.time()
+    if tokenizer_dir:
+        tok = GPT2TokenizerFast.from_pretrained(tokenizer_dir)
+        n_files, n_chars = None, None
+    else:
+        tok, n_files, n_chars = train_tokenizer(out_dir)
     t_tok = time.time() - t0
     eot = tok.convert_tokens_to_ids("<|endoftext|>")
 
     torch.manual_seed(SEED)
-    cfg = GPT2Config(vocab_size=VOCAB, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot)
+    cfg = GPT2Config(vocab_size=VOCAB, bos_token_id=eot, eos_token_id=eot, pad_token_id=eot,
+                     **(TINY if tiny else {}))
     model = GPT2LMHeadModel(cfg).eval()  # HF init: normal(0, initializer_range=0.02)
     n_params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
-    meta = dict(tokenizer_vocab=len(tok), model_vocab=cfg.vocab_size, corpus_files=len(files),
-                corpus_chars=n_chars, n_params=n_params, seed=SEED,
+    meta = dict(tokenizer_vocab=len(tok), model_vocab=cfg.vocab_size, corpus_files=n_files,
+                corpus_chars=n_chars, tokenizer_from=tokenizer_dir, n_layer=cfg.n_layer,
+                n_embd=cfg.n_embd, n_params=n_params, seed=SEED,
                 initializer_range=cfg.initializer_range, tokenizer_train_s=round(t_tok, 1),
                 total_s=round(time.time() - t0, 1), torch=torch.__version__)
     with open(os.path.join(out_dir, "bench_meta.json"), "w") as fh:
@@ -81,4 +104,10 @@ def main(out_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    import argparse
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("out_dir")
+    ap.add_argument("--tokenizer", default=None, help="copy the tokenizer saved in this dir")
+    ap.add_argument("--tiny", action="store_true", help="2 layers, 64 wide (smoke tests)")
+    a = ap.parse_args()
+    main(a.out_dir, a.tokenizer, a.tiny)
