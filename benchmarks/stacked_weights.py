@@ -19,6 +19,9 @@ compiled before timing):
 Medians of ``--rounds`` warm calls and each variant's ratio to ``separate``. On XLA CPU a slice
 of a stacked weight is a copy before the matmul (``dynamic-slice`` fusions in the profile),
 in the forward and again in the backward: ~38 MB per layer and direction at this size.
+Two idle runs (2 cores): scan 1.08x / 1.02x, scan-unroll2 1.01x / 1.05x, static-slices
+1.55x / 1.07x of ``separate`` -- a few percent, within run-to-run spread for unroll 2, which is
+why the native decoder keeps one layer per iteration (``docs/design.md``).
 """
 from __future__ import annotations
 

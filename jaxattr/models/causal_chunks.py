@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .decoder import LAYER_UNROLL, NO_WINDOW, Past, _block, _tables, rms_norm
+from .decoder import NO_WINDOW, Past, _block, _tables, rms_norm
 from .spec import DecoderSpec
 
 __all__ = ["plan_causal_chunks", "causal_step_grads", "MAX_CHUNKS"]
@@ -90,7 +90,7 @@ def _chunk(spec: DecoderSpec, layers, x, past: Past, cos, sin, allowed, windows,
         keep = allowed & (dist < w)[None]
         return _block(spec, p, x, cos[r], sin[r], keep, lambda kind, v: v, past=past_l)
 
-    return jax.lax.scan(body, x, (layers, windows, ropes, past), unroll=LAYER_UNROLL)
+    return jax.lax.scan(body, x, (layers, windows, ropes, past))
 
 
 def _step_runs(tops, j):

@@ -14,9 +14,8 @@ dense MLP weights by ``"router": [n, H, E]``, ``"gate"/"up": [n, E, H, F]``,
 ``"down": [n, E, F, H]``; the MoE output is the block's ``mlp_out`` site and the router's
 softmax its ``router_probs`` site ``[B, L, E]``.
 
-The layers run under ``lax.scan`` (compile time does not grow with depth), two layers per
-iteration (:data:`LAYER_UNROLL`); a layer whose sites are patched with Python functions runs on
-its own between scanned segments. Sites
+The layers run under ``lax.scan`` (compile time does not grow with depth); a layer whose
+sites are patched with Python functions runs on its own between scanned segments. Sites
 (:mod:`jaxattr.internals.sites`) are applied by a ``hook(kind, value)`` callback: original
 value -> patch -> + delta -> captured, as the protocol states.
 """
@@ -32,17 +31,9 @@ from .moe import moe_mlp
 from .rope import apply_rope, rope_tables
 from .spec import DecoderSpec
 
-__all__ = ["rms_norm", "lookup", "head_logits", "hidden_states", "NO_WINDOW", "Past",
-           "LAYER_UNROLL"]
+__all__ = ["rms_norm", "lookup", "head_logits", "hidden_states", "NO_WINDOW", "Past"]
 
 NO_WINDOW = 2 ** 30
-# Layers per iteration of the layer scan. On XLA CPU each iteration first copies its layers'
-# weights out of the stacked arrays (a dynamic slice is not a view there; ~38 MB per layer at
-# GPT-2-124M size, in the forward and again in the backward); with two layers per iteration
-# XLA overlaps the second layer's copies with the first layer's matmuls. The body is two
-# layers whatever the depth, so compile time still does not grow with it
-# (benchmarks/stacked_weights.py: 1.08x -> 1.01x the time of unstacked weights).
-LAYER_UNROLL = 2
 # Every nonlinearity goes through jaxattr.methods.deeplift_rules: the plain operation, and
 # DeepLIFT's rules when the forward runs paired with a reference (method="deeplift").
 _ACT = {"silu": rules.silu, "gelu_tanh": rules.gelu_tanh, "gelu": rules.gelu,
@@ -249,7 +240,7 @@ def hidden_states(spec: DecoderSpec, params: dict, embeds: jax.Array, mask: jax.
             x = _block(spec, p, x, cos[r], sin[r], allowed, hook)
             return x, out
 
-        x, ys = jax.lax.scan(body, x, xs, unroll=LAYER_UNROLL)
+        x, ys = jax.lax.scan(body, x, xs)
         for kind, stacked in ys.items():
             for i in range(stop - start):
                 captured.setdefault(kind, {})[start + i] = stacked[i]
