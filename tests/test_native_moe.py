@@ -135,13 +135,21 @@ def test_vmaps_cotangents_like_a_loop(impl):
                                np.stack([np.asarray(f(s)) for s in steps]), atol=1e-6)
 
 
-def test_ragged_cannot_vmap_in_this_jax():
+def test_ragged_under_vmap_is_refused_or_right():
     """Why ``"dense"`` is the default: JAX 0.10.2 has no batching rule for ``ragged_dot`` with
-    unbatched expert weights. If this starts passing through, ``"ragged"`` can serve
-    attribution too (where its lowering skips the unselected experts; on CPU it does not)."""
+    unbatched expert weights, and says so (``NotImplementedError`` naming ``ragged_dot``). A
+    JAX that can vmap it must give what a loop over the batch gives (then ``"ragged"`` can
+    serve attribution too, where its lowering skips the unselected experts)."""
     spec, p, h = _tiny(True)
-    with pytest.raises(NotImplementedError, match="ragged_dot"):
-        jax.vmap(lambda h: moe_ragged(spec, p, h, act=jax.nn.silu))(jnp.stack([h, h]))
+    hs = jnp.stack([h, -0.5 * h])
+    fn = functools.partial(moe_ragged, spec, p, act=jax.nn.silu)
+    try:
+        batched = jax.vmap(fn)(hs)
+    except NotImplementedError as e:
+        assert "ragged_dot" in str(e)
+        return
+    np.testing.assert_allclose(np.asarray(batched), np.stack([np.asarray(fn(x)) for x in hs]),
+                               atol=1e-6, rtol=1e-6)
 
 
 # ---------------------------------------------------------------- checkpoints
