@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The accelerator check: one prepared script for ONE call on a lent GPU machine (device tool:
 # at most 10 minutes a command, 15 minutes of device time per session, start-up included).
-# Run from the repository root. Everything it measures is written under $OUT (6 files; at
+# Run from the repository root. Everything it measures is written under $OUT (7 files; at
 # most 8 come back). Which issue each part settles, in priority order:
 #
 #   (a) lens.json          issue 18: logit lens over all 13 rows vs one forward, and tuned-lens
@@ -9,7 +9,12 @@
 #                          GPT-2-124M size, batch 4 x 128 (the issue's "done when" shapes)
 #   (b) faithfulness.json  issue 21: faithfulness (100 sequences x 16 steps x 5 bins) vs one
 #                          saliency attribution of the same sequences
-#   (c) bench.json         the device benchmark (device_bench.py: warm/cold, FLOP/s, % of peak)
+#   (c) native.json        issue 15: saliency and IG time of the native decoder vs transformers'
+#                          Flax Llama at GPT-2-124M size (8 x (16 + 16) tokens, the compiled
+#                          programs alone, 5 interleaved rounds; equal FLOPs, so the time ratio
+#                          is the FLOP/s ratio: the issue asks native >= Flax; the scanned
+#                          layers, whose weight slices are copies on CPU)
+#   (d) bench.json         the device benchmark (device_bench.py: warm/cold, FLOP/s, % of peak)
 #       tests.txt          the fast test subset at float32 'highest' matmul precision
 #   summary.txt            versions, GPU, each part's timeout / exit code / seconds, key lines
 #   log.txt                everything every part printed
@@ -41,7 +46,7 @@
 #   run(command="bash benchmarks/gpu_check.sh", timeout_s=570,
 #       carry=[".whl", "benchmarks/.cache/tokenizer"])
 # then give_back unless rerunning at once. Other modes: `core` (the old check: test subset +
-# device benchmark), `lens`, `faithfulness` (one part alone).
+# device benchmark), `lens`, `faithfulness`, `native` (one part alone).
 #
 # ---- 3. a dry-run here (CPU, tiny sizes, the same code paths; ~2.5 min on 2 busy cores) ---
 #   PY=/work/main/.venv/bin/python OUT=/tmp/gpu-smoke bash benchmarks/gpu_check.sh smoke
@@ -55,8 +60,8 @@ PY="${PY:-python3}"
 WHEELS=(transformers==4.57.6 tokenizers==0.22.2 huggingface_hub==0.36.0 tuned-lens==0.2.0)
 TOK_DIR=benchmarks/.cache/tokenizer
 case "$MODE" in
-  all|core|lens|faithfulness|smoke|prepare) ;;
-  *) echo "usage: gpu_check.sh [all|core|lens|faithfulness|smoke|prepare]"; exit 2 ;;
+  all|core|lens|faithfulness|native|smoke|prepare) ;;
+  *) echo "usage: gpu_check.sh [all|core|lens|faithfulness|native|smoke|prepare]"; exit 2 ;;
 esac
 
 if [ "$MODE" = prepare ]; then
@@ -116,10 +121,14 @@ part() {
 
 if [ "$MODE" = smoke ]; then
   SMOKE=1; LENS_ARGS=(--smoke --layer-chunks 4,3); FAITH_ARGS=(--smoke --profile); BENCH_ARGS=(--smoke)
+  NATIVE_ARGS=(speed --rounds 1 --ig-steps 2 --batch 1 --no-flop-count --program-only 1
+              --layer-loops scan)
   TEST_ARGS=(--co -q)   # collect only: checks the path and imports, not the 5 min of tests
 else
   SMOKE=0; LENS_ARGS=(--steps 20 --repeats 20 --layer-chunks 4,13); FAITH_ARGS=(--n 100 --profile)
   BENCH_ARGS=(); TEST_ARGS=(-q)
+  NATIVE_ARGS=(speed --rounds 5 --ig-steps 4 --batch 8 --no-flop-count --program-only 10
+              --layer-loops scan)
 fi
 
 if [ "$SMOKE" = 0 ] && [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
@@ -150,6 +159,10 @@ faithfulness() {
     --json "$OUT/faithfulness.json"
   grep -E "ratio|^(wall|CPU) |perturbed inputs|compile \(trace|under cProfile" "$LOG" | tail -15 >>"$SUMMARY"
 }
+native() {
+  part native 150 "$PY" benchmarks/native_vs_flax.py "${NATIVE_ARGS[@]}" --json "$OUT/native.json"
+  grep -E "FLOP/s native / flax|max\|diff" "$LOG" | tail -6 >>"$SUMMARY"
+}
 bench() {
   part bench 170 "$PY" benchmarks/device_bench.py "${BENCH_ARGS[@]}" --json "$OUT/bench.json"
   grep -A6 "^matmul peak" "$LOG" | tail -7 >>"$SUMMARY"
@@ -173,9 +186,10 @@ import _workload as w; print(w.ensure_checkpoint(tiny=bool($SMOKE)))"
 }
 
 case "$MODE" in
-  all|smoke) checkpoint; lens; faithfulness; bench; tests ;;
+  all|smoke) checkpoint; lens; faithfulness; native; bench; tests ;;
   core) tests; bench ;;
   lens) checkpoint; lens ;;
   faithfulness) checkpoint; faithfulness ;;
+  native) native ;;
 esac
 say "done after $((SECONDS - START)) s; files: $(ls "$OUT" | tr '\n' ' ')"

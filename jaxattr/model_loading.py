@@ -62,16 +62,25 @@ def load_model(name_or_path: Any, attribution_method: Union[str, Callable, None]
       dtype: computation dtype (e.g. ``jnp.bfloat16``; native family: default float32, a
         bfloat16 checkpoint is upcast unless ``dtype=jnp.bfloat16``).
       embedding_paths: token-embedding module paths for classes jaxattr does not know.
-      **model_kwargs: passed to ``from_pretrained``.
+      **model_kwargs: passed to ``from_pretrained``. Native family: only ``layer_loop``
+        (``"scan"``, the default: compile time independent of depth; ``"unroll"``: per-layer
+        weights, 5-9% faster warm on XLA CPU at GPT-2 size, compile time grows with depth).
     """
     if isinstance(name_or_path, str) and not os.path.exists(name_or_path):
         name_or_path = _bundled_or_hub(name_or_path)
-    if isinstance(name_or_path, str) and _is_native_checkpoint(name_or_path):
+    native = isinstance(name_or_path, str) and _is_native_checkpoint(name_or_path)
+    if "layer_loop" in model_kwargs and not native:
+        raise ValueError("layer_loop applies to the native decoder family only (a local "
+                         "Llama / Mistral / Qwen / Gemma / Phi-3 / OLMo 2 / SmolLM 3 "
+                         "checkpoint directory); drop it for this model.")
+    if native:
+        layer_loop = model_kwargs.pop("layer_loop", "scan")
         if model_kwargs:
-            raise ValueError(f"the native decoder family takes no model options; got "
-                             f"{sorted(model_kwargs)}.")
+            raise ValueError(f"the native decoder family takes only layer_loop as a model "
+                             f"option; got {sorted(model_kwargs)}.")
         from .models import load_native
-        hf_model, name = load_native(name_or_path, dtype=dtype), name_or_path
+        hf_model = load_native(name_or_path, dtype=dtype, layer_loop=layer_loop)
+        name = name_or_path
     elif isinstance(name_or_path, str):
         from .loading import load_hf_model
         try:

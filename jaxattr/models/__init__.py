@@ -5,10 +5,10 @@ SmolLM 1-3, and the mixture-of-experts Mixtral and Qwen 3 MoE. :func:`load_nativ
 backend the pipeline and analyses use (:class:`jaxattr.internals.ModelFunctions`).
 """
 from .checkpoint import CheckpointError, params_from_tensors, read_tensors
-from .native import NativeDecoder, NativeModel, load_native
+from .native import LAYER_LOOPS, NativeDecoder, NativeModel, load_native
 from .spec import (MOE_IMPLS, NATIVE_TYPES, REFUSED_TYPES, DecoderSpec, RopeSpec,
                    UnsupportedConfigError, spec_from_config)
 
-__all__ = ["CheckpointError", "DecoderSpec", "MOE_IMPLS", "NATIVE_TYPES", "NativeDecoder",
+__all__ = ["CheckpointError", "DecoderSpec", "LAYER_LOOPS", "MOE_IMPLS", "NATIVE_TYPES", "NativeDecoder",
            "NativeModel", "REFUSED_TYPES", "RopeSpec", "UnsupportedConfigError", "load_native",
            "params_from_tensors", "read_tensors", "spec_from_config"]

@@ -90,9 +90,10 @@ def _experts(spec: DecoderSpec, take, base: str) -> dict:
 
 
 def params_from_tensors(spec: DecoderSpec, tensors: dict, *, dtype: Any = None,
-                        source: str = "checkpoint") -> dict:
+                        source: str = "checkpoint", stack: bool = True) -> dict:
     """The parameter pytree of ``spec`` from checkpoint ``tensors`` (cast to ``dtype``;
-    default float32).
+    default float32); ``params["layers"]`` stacked ``[n_layers, ...]``, or with
+    ``stack=False`` a tuple of per-layer dicts (:mod:`jaxattr.models.decoder`).
 
     Raises:
       CheckpointError: a needed tensor is missing, has the wrong shape, or some tensor is
@@ -186,7 +187,11 @@ def params_from_tensors(spec: DecoderSpec, tensors: dict, *, dtype: Any = None,
                               f"model does not use: {names[:8]}{' …' if len(names) > 8 else ''} "
                               f"({len(names)} in all). The config and the weights disagree "
                               "(e.g. biases or q/k norms the config does not declare).")
-    params["layers"] = {k: jnp.stack(v) for k, v in per_layer.items()}
+    if stack:
+        params["layers"] = {k: jnp.stack(v) for k, v in per_layer.items()}
+    else:
+        params["layers"] = tuple({k: v[i] for k, v in per_layer.items()}
+                                 for i in range(spec.n_layers))
     return params
 
 

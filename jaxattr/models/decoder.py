@@ -9,13 +9,20 @@ Parameters (``[L_layers, ...]`` stacked, weights stored ``[in, out]`` so ``x @ w
                 "down_bias", "q_norm", "k_norm", and the block norms "attn_in", "attn_out",
                 "mlp_in", "mlp_out" ([n, H])}}
 
+``"layers"`` may instead be a tuple of per-layer dicts of the same keys without the leading
+axis (:meth:`jaxattr.models.NativeDecoder.with_layer_loop` ``("unroll")``): the layers then
+run as a Python loop over separate arrays instead of a ``lax.scan`` over stacked ones.
+
 Mixture-of-experts layers (``spec.n_experts > 0``, :mod:`jaxattr.models.moe`) replace the
 dense MLP weights by ``"router": [n, H, E]``, ``"gate"/"up": [n, E, H, F]``,
 ``"down": [n, E, F, H]``; the MoE output is the block's ``mlp_out`` site and the router's
 softmax its ``router_probs`` site ``[B, L, E]``.
 
 The layers run under ``lax.scan`` (compile time does not grow with depth); a layer whose
-sites are patched with Python functions runs on its own between scanned segments. Sites
+sites are patched with Python functions runs on its own between scanned segments. With
+per-layer weights (a tuple) every layer runs on its own: compile time grows with depth, but on
+XLA CPU no layer's weights are copied out of a stack first (a dynamic slice is a copy there:
+5-9% of a GPT-2-sized attribution, README "Native decoder: compile time and speed"). Sites
 (:mod:`jaxattr.internals.sites`) are applied by a ``hook(kind, value)`` callback: original
 value -> patch -> + delta -> captured, as the protocol states.
 """
@@ -191,7 +198,9 @@ def hidden_states(spec: DecoderSpec, params: dict, embeds: jax.Array, mask: jax.
     Args:
       top_hook: ``(name, value) -> value`` for ``embed`` and ``final_norm``.
       layer_hook: ``(layer, kind, value) -> value`` for a layer run on its own (Python int).
-      patched_layers: layers that run on their own (their sites have Python patches).
+      patched_layers: layers that run on their own (their sites have Python patches); with
+        per-layer weights (``params["layers"]`` a tuple) every layer does, and
+        ``scan_deltas`` / ``scan_capture`` must be empty (the hooks apply them).
       scan_deltas: ``{kind: [n_layers, ...]}`` added at that kind in scanned layers.
       scan_capture: kinds whose values the scanned layers return.
 
@@ -203,7 +212,9 @@ def hidden_states(spec: DecoderSpec, params: dict, embeds: jax.Array, mask: jax.
     if spec.embed_scale != 1.0 and not spec.embed_scale_in_lookup:
         x = x * jnp.asarray(spec.embed_scale, x.dtype)
     b, n = mask.shape
-    cos, sin = _tables(spec, mask)
+    # materialised once: fused into their consumers, cos / sin would be evaluated again per
+    # element of every rotated query and key and of their cotangents
+    cos, sin = jax.lax.optimization_barrier(_tables(spec, mask))
     idx = jnp.arange(n)
     causal = idx[None, :] <= idx[:, None]                                     # [q, k]
     base = causal[None] & (mask[:, None, :] > 0)                               # [B, q, k]
@@ -213,9 +224,19 @@ def hidden_states(spec: DecoderSpec, params: dict, embeds: jax.Array, mask: jax.
     layers = params["layers"]
     captured: dict = {}
     scan_deltas = scan_deltas or {}
+    if isinstance(layers, (tuple, list)):          # per-layer weights: no scan
+        if len(layers) != spec.n_layers:
+            raise ValueError(f"params['layers'] holds {len(layers)} layers; the spec has "
+                             f"{spec.n_layers}.")
+        if scan_deltas or scan_capture:
+            raise ValueError("with per-layer weights every layer runs on its own: pass "
+                             "patched_layers=range(n_layers) and apply deltas and captures "
+                             "in layer_hook, not scan_deltas / scan_capture.")
+        patched_layers = frozenset(range(spec.n_layers))
 
     def run_one(layer, x):
-        p = jax.tree_util.tree_map(lambda a: a[layer], layers)
+        p = (layers[layer] if isinstance(layers, (tuple, list))
+             else jax.tree_util.tree_map(lambda a: a[layer], layers))
         allowed = base & (dist < windows[layer])[None]
         r = spec.layer_rope[layer]
         return _block(spec, p, x, cos[r], sin[r], allowed,
