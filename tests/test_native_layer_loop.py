@@ -14,6 +14,7 @@ import pytest
 import jaxattr
 from jaxattr.models import LAYER_LOOPS, NativeDecoder, load_native
 from jaxattr.models.decoder import hidden_states
+from test_native_model import _batch   # the right-padded batch of two texts
 
 CKPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "native_side", "ckpt")
 FAMILIES = sorted(os.listdir(CKPT))
@@ -63,16 +64,6 @@ def test_unrolled_input_x_gradient_equals_pytorch(family):
         got = seq.target_attributions
         known = ~np.isnan(got)
         assert np.abs(got[known] - ref[known]).max() <= 1e-4 * np.abs(ref[known]).max()
-
-
-def _batch(model):
-    enc = [model.tokenizer(t)["input_ids"] for t in TEXTS]
-    n = max(map(len, enc))
-    ids = np.full((len(enc), n), model.pad_token_id, np.int32)
-    mask = np.zeros_like(ids)
-    for i, e in enumerate(enc):
-        ids[i, :len(e)], mask[i, :len(e)] = e, 1
-    return jnp.asarray(ids), jnp.asarray(mask)
 
 
 @pytest.mark.parametrize("family", ["gemma2", "qwen3_moe"])   # windows + post-norms; MoE
