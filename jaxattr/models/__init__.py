@@ -9,6 +9,6 @@ from .native import LAYER_LOOPS, NativeDecoder, NativeModel, load_native
 from .spec import (MOE_IMPLS, NATIVE_TYPES, REFUSED_TYPES, DecoderSpec, RopeSpec,
                    UnsupportedConfigError, spec_from_config)
 
-__all__ = ["CheckpointError", "DecoderSpec", "LAYER_LOOPS", "MOE_IMPLS", "NATIVE_TYPES", "NativeDecoder",
-           "NativeModel", "REFUSED_TYPES", "RopeSpec", "UnsupportedConfigError", "load_native",
-           "params_from_tensors", "read_tensors", "spec_from_config"]
+__all__ = ["CheckpointError", "DecoderSpec", "LAYER_LOOPS", "MOE_IMPLS", "NATIVE_TYPES",
+           "NativeDecoder", "NativeModel", "REFUSED_TYPES", "RopeSpec", "UnsupportedConfigError",
+           "load_native", "params_from_tensors", "read_tensors", "spec_from_config"]

@@ -219,12 +219,16 @@ class NativeDecoder(struct.PyTreeNode):
         return scores, logits, grads
 
 
-def _layers_for(loop: str, layers, n_layers: int):
-    """``layers`` (stacked dict or tuple of per-layer dicts) in the form ``loop`` needs."""
+def _check_layer_loop(loop: str) -> None:
     if loop not in LAYER_LOOPS:
         raise ValueError(f"layer_loop={loop!r}: use 'scan' (stacked weights, compile time "
                          "independent of depth; the default) or 'unroll' (per-layer weights, "
                          "faster warm on CPU, compile time grows with depth).")
+
+
+def _layers_for(loop: str, layers, n_layers: int):
+    """``layers`` (stacked dict or tuple of per-layer dicts) in the form ``loop`` needs."""
+    _check_layer_loop(loop)
     split = isinstance(layers, (tuple, list))
     if loop == "unroll":
         return tuple(layers) if split else tuple(
@@ -294,7 +298,7 @@ def load_native(path: str, *, dtype: Any = None, layer_loop: str = "scan") -> Na
     from transformers import AutoConfig
     config = AutoConfig.from_pretrained(path)
     spec = spec_from_config(config)
-    _layers_for(layer_loop, {}, 0)          # a bad value fails before reading the weights
+    _check_layer_loop(layer_loop)          # before reading the weights
     params = params_from_tensors(spec, read_tensors(path), dtype=dtype, source=path,
                                  stack=layer_loop == "scan")
     generation = None
