@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .decoder import NO_WINDOW, Past, _block, _tables, rms_norm
+from .decoder import NO_WINDOW, Past, _block, _tables, rms_norm, stack_layers
 from .spec import DecoderSpec
 
 __all__ = ["plan_causal_chunks", "causal_step_grads", "MAX_CHUNKS"]
@@ -168,9 +168,7 @@ def causal_step_grads(spec: DecoderSpec, params: dict, embeds: jax.Array, mask: 
     dist = idx[:, None] - idx[None, :]
     windows = jnp.asarray([NO_WINDOW if w is None else w for w in spec.layer_window], jnp.int32)
     ropes = jnp.asarray(spec.layer_rope, jnp.int32)
-    layers = params["layers"]
-    if isinstance(layers, (tuple, list)):   # per-layer weights: the blocks scan a stack
-        layers = {k: jnp.stack([layer[k] for layer in layers]) for k in layers[0]}
+    layers = stack_layers(params["layers"])   # per-layer weights: the blocks scan a stack
     edges = [0] + sorted({p for _, _, p in groups})
     kv, hd, nh = spec.n_kv_heads, spec.head_dim, spec.n_heads
     past_k = past_v = jnp.zeros((spec.n_layers, b, 0, kv, hd), x.dtype)

@@ -38,7 +38,8 @@ from .moe import moe_mlp
 from .rope import apply_rope, rope_tables
 from .spec import DecoderSpec
 
-__all__ = ["rms_norm", "lookup", "head_logits", "hidden_states", "NO_WINDOW", "Past"]
+__all__ = ["rms_norm", "lookup", "head_logits", "hidden_states", "stack_layers", "split_layers",
+           "NO_WINDOW", "Past"]
 
 NO_WINDOW = 2 ** 30
 # Every nonlinearity goes through jaxattr.methods.deeplift_rules: the plain operation, and
@@ -175,6 +176,22 @@ def _block(spec: DecoderSpec, p: dict, x, cos, sin, allowed, hook,
     x = x + hook("mlp_out", m)
     x = hook("resid_post", x)
     return x if past is None else (x, extra)
+
+
+def stack_layers(layers) -> dict:
+    """``params["layers"]`` as weights stacked ``[n_layers, ...]`` (a copy when they are a
+    tuple of per-layer dicts; returned as they are when already stacked)."""
+    if isinstance(layers, (tuple, list)):
+        return {k: jnp.stack([layer[k] for layer in layers]) for k in layers[0]}
+    return layers
+
+
+def split_layers(layers, n_layers: int) -> tuple:
+    """``params["layers"]`` as a tuple of ``n_layers`` per-layer dicts (slices of the stacked
+    weights; returned as they are when already split)."""
+    if isinstance(layers, (tuple, list)):
+        return tuple(layers)
+    return tuple({k: v[i] for k, v in layers.items()} for i in range(n_layers))
 
 
 def _tables(spec: DecoderSpec, mask):

@@ -13,7 +13,7 @@ from flax import struct
 
 from ..internals.sites import parse_site, resolve_sites, site_names
 from .checkpoint import params_from_tensors, read_tensors
-from .decoder import head_logits, hidden_states, lookup
+from .decoder import head_logits, hidden_states, lookup, split_layers, stack_layers
 from .spec import DecoderSpec, spec_from_config
 
 __all__ = ["NativeDecoder", "NativeModel", "load_native", "LAYER_LOOPS"]
@@ -229,13 +229,7 @@ def _check_layer_loop(loop: str) -> None:
 def _layers_for(loop: str, layers, n_layers: int):
     """``layers`` (stacked dict or tuple of per-layer dicts) in the form ``loop`` needs."""
     _check_layer_loop(loop)
-    split = isinstance(layers, (tuple, list))
-    if loop == "unroll":
-        return tuple(layers) if split else tuple(
-            {k: v[i] for k, v in layers.items()} for i in range(n_layers))
-    if not split:
-        return layers
-    return {k: jnp.stack([layer[k] for layer in layers]) for k in layers[0]}
+    return split_layers(layers, n_layers) if loop == "unroll" else stack_layers(layers)
 
 
 def _head(spec, hidden, head_params):
