@@ -14,7 +14,7 @@ import pytest
 import jaxattr
 from jaxattr.models import LAYER_LOOPS, NativeDecoder, load_native
 from jaxattr.models.decoder import hidden_states
-from test_native_model import _batch   # the right-padded batch of two texts
+from test_native_model import _batch, _run   # right-padded batch; jitted forward
 
 CKPT = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "native_side", "ckpt")
 FAMILIES = sorted(os.listdir(CKPT))
@@ -31,11 +31,6 @@ def _record(family):
     path = os.path.join(CKPT, family)
     return (dict(np.load(os.path.join(path, "record.npz"))),
             json.load(open(os.path.join(path, "texts.json"))))
-
-
-@functools.partial(jax.jit, static_argnames=("capture",))
-def _run(fns, ids, mask, capture=(), delta=None):
-    return fns.forward(target_ids=ids, target_mask=mask, capture=capture, delta=delta)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -109,7 +104,10 @@ def test_conversion_is_a_round_trip():
     fns = _model("olmo2", "scan").adapter
     assert fns.layer_loop == "scan"
     unrolled = fns.with_layer_loop("unroll")
-    assert unrolled.layer_loop == "unroll" and unrolled.with_layer_loop("unroll") is not None
+    assert unrolled.layer_loop == "unroll"
+    again = unrolled.with_layer_loop("unroll")       # already split: the same arrays
+    assert all(x is y for x, y in zip(jax.tree_util.tree_leaves(again.params),
+                                      jax.tree_util.tree_leaves(unrolled.params)))
     back = unrolled.with_layer_loop("scan")
     for x, y in zip(jax.tree_util.tree_leaves(fns.params), jax.tree_util.tree_leaves(back.params)):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
